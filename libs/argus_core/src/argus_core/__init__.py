@@ -1,0 +1,1 @@
+"""Argus shared library: bus contract, service runtime, storage, database, identity."""

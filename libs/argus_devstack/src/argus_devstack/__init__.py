@@ -1,0 +1,1 @@
+"""Local servers (NATS, Postgres, S3) for development, tests and the local stack."""

@@ -1,0 +1,1 @@
+"""Argus API: REST API and control-room console."""

@@ -1,0 +1,1 @@
+"""Argus audit: tamper-evident, hash-chained log."""

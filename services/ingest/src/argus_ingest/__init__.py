@@ -1,0 +1,1 @@
+"""Argus ingest: RTSP from cameras onto the bus, never transcoded."""

@@ -1,0 +1,1 @@
+"""Argus live view: WebRTC (WHEP) to browsers."""

@@ -1,0 +1,1 @@
+"""Argus PTZ: ONVIF pan/tilt/zoom with arbitration."""

@@ -1,0 +1,1 @@
+"""Argus recorder: GOP-aligned segments in S3, indexed in Postgres."""

@@ -1,0 +1,1 @@
+"""Argus retention: policy deletion with evidence holds."""

@@ -1,0 +1,1 @@
+"""Argus simcam: simulated ONVIF/RTSP cameras with faults on demand."""
