@@ -1,0 +1,259 @@
+"""Every message that crosses the bus, as frozen msgspec Structs.
+
+Schema evolution, so that pods of two versions can share a bus during a rolling upgrade:
+- a new field is added at the end of its Struct with a default; a reader that does not know it ignores it;
+- a field's type is never changed and a field is never renamed; retire it by leaving it with its default;
+- a union member is a tagged Struct (`tag=` is its stable wire name); new members may be added, tags never reused;
+- media travels as MessagePack (binary payloads, compact), everything else as JSON (readable with `nats sub`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+CameraId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+StreamName = Literal["main", "sub"]
+Codec = Literal["h264", "h265"]
+
+
+# --- media -----------------------------------------------------------------------------------------------------
+
+
+class CodecConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """What a decoder or muxer needs to start: carried on every keyframe so a late joiner never waits."""
+
+    codec: Codec
+    width: int
+    height: int
+    extradata: bytes = b""  # avcC / hvcC as the demuxer gave it, or Annex B parameter sets
+    time_base_num: int = 1
+    time_base_den: int = 90000
+
+
+class MediaPacket(msgspec.Struct, frozen=True, kw_only=True):
+    """One access unit (a whole coded picture) of one camera stream, exactly as the camera sent it."""
+
+    camera: CameraId
+    stream: StreamName
+    session: str  # changes on every (re)connection of ingest to the camera
+    seq: int  # counts packets within a session, from 0; a hole is a lost packet
+    pts: int
+    dts: int
+    duration: int
+    keyframe: bool
+    capture_ns: int  # wall-clock capture time, UTC nanoseconds
+    time_trusted: bool  # capture time from the camera's RTCP sender reports with a known clock offset
+    data: bytes
+    config: CodecConfig | None = None  # present on keyframes and whenever the configuration changes
+
+
+# --- cameras ---------------------------------------------------------------------------------------------------
+
+
+CameraState = Literal["connecting", "online", "offline", "disabled"]
+
+
+class CameraStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """Health of one camera as its ingest pod sees it; the latest is also kept in the camera-status KV bucket."""
+
+    camera: CameraId
+    state: CameraState
+    at_ns: int
+    ingest_pod: str = ""
+    error: str = ""
+    fps: float = 0.0
+    bitrate_bps: float = 0.0
+    last_keyframe_ns: int = 0
+    clock_offset_ms: float | None = None
+    codec: Codec | None = None
+    width: int = 0
+    height: int = 0
+
+
+class CameraChanged(msgspec.Struct, frozen=True, kw_only=True):
+    """The camera registry changed: services reload that camera's row."""
+
+    camera: CameraId
+    change: Literal["upsert", "delete"]
+    at_ns: int
+
+
+# --- recording -------------------------------------------------------------------------------------------------
+
+
+GapCause = Literal[
+    "camera_offline",
+    "ingest_failover",
+    "recorder_failover",
+    "corrupt_data",
+    "no_keyframe",
+    "clock_jump",
+    "unknown",
+]
+
+
+class SegmentRecorded(msgspec.Struct, frozen=True, kw_only=True):
+    """A segment is safely in object storage and indexed."""
+
+    camera: CameraId
+    stream: StreamName
+    start_ns: int
+    end_ns: int
+    object_key: str
+    bytes: int
+    sha256: str
+    frames: int
+    keyframes: int
+    codec: Codec
+    width: int
+    height: int
+    time_trusted: bool
+
+
+class RecordingGap(msgspec.Struct, frozen=True, kw_only=True):
+    camera: CameraId
+    stream: StreamName
+    start_ns: int
+    end_ns: int
+    cause: GapCause
+    detail: str = ""
+
+
+# --- PTZ -------------------------------------------------------------------------------------------------------
+
+
+class Actor(msgspec.Struct, frozen=True, kw_only=True):
+    """Who asked: the subject and roles of a verified token, and the client they used."""
+
+    subject: str
+    roles: tuple[str, ...] = ()
+    client: str = ""
+
+
+class PtzContinuousMove(msgspec.Struct, frozen=True, kw_only=True, tag="continuous"):
+    pan: float = 0.0
+    tilt: float = 0.0
+    zoom: float = 0.0
+    timeout_s: float = 1.0
+
+
+class PtzAbsoluteMove(msgspec.Struct, frozen=True, kw_only=True, tag="absolute"):
+    pan: float | None = None
+    tilt: float | None = None
+    zoom: float | None = None
+    speed: float | None = None
+
+
+class PtzRelativeMove(msgspec.Struct, frozen=True, kw_only=True, tag="relative"):
+    pan: float = 0.0
+    tilt: float = 0.0
+    zoom: float = 0.0
+    speed: float | None = None
+
+
+class PtzStop(msgspec.Struct, frozen=True, kw_only=True, tag="stop"):
+    pan_tilt: bool = True
+    zoom: bool = True
+
+
+class PtzGotoPreset(msgspec.Struct, frozen=True, kw_only=True, tag="goto_preset"):
+    preset: str
+    speed: float | None = None
+
+
+class PtzSetPreset(msgspec.Struct, frozen=True, kw_only=True, tag="set_preset"):
+    name: str
+    preset: str | None = None
+
+
+class PtzRemovePreset(msgspec.Struct, frozen=True, kw_only=True, tag="remove_preset"):
+    preset: str
+
+
+class PtzGotoHome(msgspec.Struct, frozen=True, kw_only=True, tag="goto_home"):
+    speed: float | None = None
+
+
+class PtzSetHome(msgspec.Struct, frozen=True, kw_only=True, tag="set_home"):
+    pass
+
+
+class PtzGetStatus(msgspec.Struct, frozen=True, kw_only=True, tag="status"):
+    pass
+
+
+PtzAction = (
+    PtzContinuousMove
+    | PtzAbsoluteMove
+    | PtzRelativeMove
+    | PtzStop
+    | PtzGotoPreset
+    | PtzSetPreset
+    | PtzRemovePreset
+    | PtzGotoHome
+    | PtzSetHome
+    | PtzGetStatus
+)
+
+
+class PtzCommand(msgspec.Struct, frozen=True, kw_only=True):
+    camera: CameraId
+    actor: Actor
+    action: PtzAction
+    priority: int = 0
+
+
+class PtzResult(msgspec.Struct, frozen=True, kw_only=True):
+    camera: CameraId
+    ok: bool
+    error: str = ""
+    detail: str = ""
+    holder: str = ""  # who holds control when refused
+    lease_until_ns: int = 0
+    pan: float | None = None
+    tilt: float | None = None
+    zoom: float | None = None
+    moving: bool = False
+    presets: dict[str, str] = {}
+
+
+# --- audit -----------------------------------------------------------------------------------------------------
+
+
+Outcome = Literal["success", "denied", "failure"]
+
+
+class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """Who did or saw what (DPA 2018 s.62). `id` makes delivery idempotent: an event is stored once."""
+
+    id: str
+    at_ns: int
+    service: str
+    actor: Actor
+    action: str  # e.g. "live.view.start", "playback.clip", "ptz.move", "retention.sweep"
+    outcome: Outcome
+    camera: str = ""
+    target: str = ""  # an object key, hold id, user, ...
+    footage_start_ns: int | None = None
+    footage_end_ns: int | None = None
+    reason: str = ""
+    reference: str = ""  # case, incident or authorisation reference
+    details: dict[str, str] = {}
+
+
+# --- service events --------------------------------------------------------------------------------------------
+
+
+class ServiceEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """Something an operator or SRE must know of now: a spool filling, a storage outage, a failover."""
+
+    service: str
+    pod: str
+    kind: str
+    level: Literal["info", "warning", "error", "critical"]
+    message: str
+    at_ns: int
+    camera: str = ""
+    details: dict[str, str] = {}

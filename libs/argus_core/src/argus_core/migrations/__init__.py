@@ -1,0 +1,1 @@
+"""Versioned SQL migrations of the Argus schema (see argus_core.db)."""

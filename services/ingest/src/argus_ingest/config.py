@@ -1,0 +1,10 @@
+"""Configuration of the ingest service, read from ARGUS_* environment variables."""
+
+from __future__ import annotations
+
+from argus_core.db import DatabaseConfig
+from argus_core.runtime import RuntimeConfig
+
+
+class Config(RuntimeConfig, frozen=True, kw_only=True):
+    db: DatabaseConfig

@@ -1,0 +1,12 @@
+"""Configuration of the retention service, read from ARGUS_* environment variables."""
+
+from __future__ import annotations
+
+from argus_core.db import DatabaseConfig
+from argus_core.runtime import RuntimeConfig
+from argus_core.storage import S3Config
+
+
+class Config(RuntimeConfig, frozen=True, kw_only=True):
+    db: DatabaseConfig
+    s3: S3Config
