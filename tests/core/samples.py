@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -64,6 +64,14 @@ SAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
         service="recorder", pod="rec-0", kind="spool_full", level="critical", message="spool full", at_ns=4
     ),
 }
+
+
+M = TypeVar("M", bound=msgspec.Struct)
+
+
+def sample(tp: type[M]) -> M:
+    """The sample of one message type, typed as that type."""
+    return cast(M, SAMPLES[tp])
 
 
 def tokens_for(subject: Subject[Any]) -> dict[str, str]:

@@ -10,10 +10,11 @@ import pytest
 from nats.js import api
 
 from argus_core.bus import Bus, TopologyOptions, ensure_topology, topology
+from argus_core.bus import messages as m
 from argus_core.bus import subjects as s
 from argus_core.bus.jetstream import AUDIT_CONSUMER, AUDIT_STREAM, MEDIA_STREAM, PTZ_LEASES_BUCKET
 from argus_core.bus.subjects import Subject
-from tests.core.samples import SAMPLES, every_subject, tokens_for
+from tests.core.samples import SAMPLES, every_subject, sample, tokens_for
 
 
 async def test_every_subject_round_trips_through_the_server(nats_url: str) -> None:
@@ -50,8 +51,8 @@ async def test_a_malformed_message_is_dropped_and_the_next_one_delivered(nats_ur
 
         await bus.subscribe(s.CAMERA_STATUS, handler)
         await bus.nc.publish("argus.camera.status.cam-1", b"{not json")
-        good = SAMPLES[s.CAMERA_STATUS.type]
-        await bus.publish(s.CAMERA_STATUS, good, camera="cam-1")  # type: ignore[arg-type]
+        good = sample(m.CameraStatus)
+        await bus.publish(s.CAMERA_STATUS, good, camera="cam-1")
         assert await asyncio.wait_for(got.get(), 5) == good
     finally:
         await bus.drain()
@@ -100,7 +101,7 @@ async def test_a_changed_declaration_updates_the_existing_stream(nats_url: str) 
     bus = await Bus.connect(nats_url, name="t")
     try:
         await bus.ensure(topology(TopologyOptions(media_max_age_s=60)))
-        await bus.persist(s.MEDIA, SAMPLES[s.MEDIA.type], camera="cam-1", stream="main")  # type: ignore[arg-type]
+        await bus.persist(s.MEDIA, sample(m.MediaPacket), camera="cam-1", stream="main")
         await asyncio.gather(
             bus.ensure(topology(TopologyOptions(media_max_age_s=120))),
             bus.ensure(topology(TopologyOptions(media_max_age_s=120))),

@@ -10,7 +10,7 @@ from urllib.request import urlopen
 import pytest
 
 from argus_core.storage import ObjectNotFound, ObjectStore, S3Config, StorageUnavailable
-from argus_devstack.pytest_plugin import S3Target
+from argus_devstack.s3 import S3Target
 
 
 def config_for(target: S3Target, **overrides: str) -> S3Config:
@@ -78,11 +78,11 @@ async def test_unreachable_store_is_a_clear_error(s3_bucket: S3Target) -> None:
         secret_key="b",
         region="us-east-1",
         secure=False,
-        bucket="x",
+        bucket="argus-x",
     )
     store = ObjectStore(config_for(target))
     try:
         with pytest.raises(StorageUnavailable, match="unreachable"):
-            await store.put("x", "k", b"1")
+            await store.put("argus-x", "k", b"1")
     finally:
         await store.close()

@@ -14,7 +14,7 @@ from argus_core.identity import Action, Identity, TokenError, TokenVerifier
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-IDENTITY_KEY = "argus.identity"
+IDENTITY_KEY = web.RequestKey("argus.identity", Identity)
 VERIFIER_KEY = web.AppKey("argus.token_verifier", TokenVerifier)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -80,8 +80,8 @@ def public_route(handler: Handler) -> Handler:
 
 
 def identity_of(request: web.Request) -> Identity:
-    identity = request.get(IDENTITY_KEY)
-    if not isinstance(identity, Identity):
+    identity: Identity | None = request.get(IDENTITY_KEY)
+    if identity is None:
         raise Problem(401, "Unauthorized", "missing bearer token")
     return identity
 

@@ -175,17 +175,17 @@ class ObjectStore:
             response = self._client.get_object(bucket, key, offset=offset, length=length)
             try:
                 body = response.read()
-                headers = dict(response.headers)
+                headers = {k.lower(): v for k, v in response.headers.items()}
             finally:
                 response.close()
                 response.release_conn()
             info = StoredObject(
                 bucket,
                 key,
-                int(headers.get("Content-Length", len(body))),
-                headers.get("ETag", "").strip('"'),
+                int(headers.get("content-length", len(body))),
+                headers.get("etag", "").strip('"'),
                 _meta_from_headers(headers),
-                headers.get("Content-Type", ""),
+                headers.get("content-type", ""),
             )
             return body, info
 

@@ -30,14 +30,18 @@ class Bus:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
         self._drained = False
+        self._mark_closing: Callable[[], None] = lambda: None
 
     @classmethod
     async def connect(cls, url: str, *, name: str, connect_timeout_s: float = 5.0) -> Bus:
+        closing = False  # a disconnect while draining is expected, not news
+
         async def on_error(exc: Exception) -> None:
             log.warning("nats: %s", exc)
 
         async def on_disconnect() -> None:
-            log.warning("nats: disconnected")
+            if not closing:
+                log.warning("nats: disconnected")
 
         async def on_reconnect() -> None:
             log.info("nats: reconnected")
@@ -53,7 +57,14 @@ class Bus:
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
         )
-        return cls(nc)
+        bus = cls(nc)
+
+        def mark_closing() -> None:
+            nonlocal closing
+            closing = True
+
+        bus._mark_closing = mark_closing
+        return bus
 
     @property
     def connected(self) -> bool:
@@ -120,6 +131,7 @@ class Bus:
         if self._drained:
             return
         self._drained = True
+        self._mark_closing()
         if self.nc.is_closed:
             return
         try:
@@ -129,6 +141,7 @@ class Bus:
 
     async def close(self) -> None:
         self._drained = True
+        self._mark_closing()
         if not self.nc.is_closed:
             await self.nc.close()
 
