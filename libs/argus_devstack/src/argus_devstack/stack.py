@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import json
 import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -72,7 +74,7 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
 
 def port_for(name: str, taken: set[int]) -> int:
     """The usual port of `name` unless it is busy (then any free one), from ARGUS_STACK_<NAME>_PORT if set."""
-    wanted = int(os.environ.get(f"ARGUS_STACK_{name.upper()}_PORT", DEFAULT_PORTS[name]))
+    wanted = int(os.environ.get(f"ARGUS_STACK_{name.upper()}_PORT", DEFAULT_PORTS[name]))  # 0: any free port
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", wanted))
@@ -190,6 +192,21 @@ async def register_cameras(dsn: str, cameras: list[SimCamera], rtsp_port: int, s
         await pool.close()
 
 
+def postgres_dir(state: Path) -> Path:
+    """Where the stack's Postgres keeps its data: under the state folder, unless the unprivileged account that
+    Postgres must run as (it refuses root) cannot reach it there (a checkout in /root), then under /var/tmp."""
+    wanted = state / "postgres"
+    if os.geteuid() != 0:
+        return wanted
+    for parent in [wanted.parent, *wanted.parent.parents]:
+        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+            digest = hashlib.sha256(str(state).encode()).hexdigest()[:12]
+            elsewhere = Path("/var/tmp") / f"argus-state-{digest}" / "postgres"
+            log.info("postgres data in %s (%s is not reachable by the postgres account)", elsewhere, parent)
+            return elsewhere
+    return wanted
+
+
 @contextlib.contextmanager
 def servers(state: Path, taken: set[int]) -> Iterator[tuple[NatsServer, PostgresServer, S3Server]]:
     with contextlib.ExitStack() as stack:
@@ -197,7 +214,7 @@ def servers(state: Path, taken: set[int]) -> Iterator[tuple[NatsServer, Postgres
         nats.start()
         log.info("nats-server with JetStream on %s", nats.url)
         pg = stack.enter_context(
-            PostgresServer(data_dir=state / "postgres", port=port_for("postgres", taken), fast=False)
+            PostgresServer(data_dir=postgres_dir(state), port=port_for("postgres", taken), fast=False)
         )
         pg.start()
         log.info("postgres on 127.0.0.1:%d", pg.port)
