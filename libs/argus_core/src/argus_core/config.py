@@ -115,6 +115,11 @@ def _all_names(config_type: type[msgspec.Struct], prefix: str) -> set[str]:
     return names
 
 
+def variables(config_type: type[msgspec.Struct]) -> list[str]:
+    """Every environment variable a config reads (without the `_FILE` variants), for docs and manifests."""
+    return sorted(name for name in _all_names(config_type, PREFIX) if not name.endswith("_FILE"))
+
+
 def unknown_variables(config_type: type[msgspec.Struct], environ: Mapping[str, str]) -> list[str]:
     """ARGUS_ variables that this config does not read: usually a typo worth a warning."""
     known = _all_names(config_type, PREFIX)

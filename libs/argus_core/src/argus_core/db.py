@@ -136,7 +136,5 @@ async def applied_migrations(pool: asyncpg.Pool) -> list[AppliedMigration]:
         exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
         if not exists:
             return []
-        rows = await conn.fetch(
-            "SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version"
-        )
+        rows = await conn.fetch("SELECT version, name, checksum, applied_at FROM schema_migrations ORDER BY version")
     return [AppliedMigration(r["version"], r["name"], r["checksum"], r["applied_at"]) for r in rows]

@@ -20,9 +20,7 @@ VERIFIER_KEY = web.AppKey("argus.token_verifier", TokenVerifier)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def problem(
-    status: int, title: str, detail: str = "", *, type_: str = "about:blank", **extra: Any
-) -> web.Response:
+def problem(status: int, title: str, detail: str = "", *, type_: str = "about:blank", **extra: Any) -> web.Response:
     body: dict[str, Any] = {"type": type_, "title": title, "status": status}
     if detail:
         body["detail"] = detail
@@ -41,9 +39,7 @@ class Problem(web.HTTPException):
 def _unauthorized(reason: str) -> web.Response:
     response = problem(401, "Unauthorized", reason)
     quoted = reason.replace('"', "'")
-    response.headers["WWW-Authenticate"] = (
-        f'Bearer realm="argus", error="invalid_token", error_description="{quoted}"'
-    )
+    response.headers["WWW-Authenticate"] = f'Bearer realm="argus", error="invalid_token", error_description="{quoted}"'
     return response
 
 
@@ -86,15 +82,11 @@ def identity_of(request: web.Request) -> Identity:
     return identity
 
 
-def require(
-    request: web.Request, action: Action, camera: str, footage: tuple[float, float] | None = None
-) -> Identity:
+def require(request: web.Request, action: Action, camera: str, footage: tuple[float, float] | None = None) -> Identity:
     """The caller's identity if it may take `action` on `camera`; otherwise a 403 problem."""
     identity = identity_of(request)
     if not identity.allows(action, camera, footage):
-        raise Problem(
-            403, "Forbidden", f"no grant for {action} on camera {camera}", action=action, camera=camera
-        )
+        raise Problem(403, "Forbidden", f"no grant for {action} on camera {camera}", action=action, camera=camera)
     return identity
 
 

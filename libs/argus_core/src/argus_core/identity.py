@@ -128,9 +128,7 @@ def generate_keypair() -> tuple[bytes, bytes]:
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return private, public
 
 
@@ -188,9 +186,7 @@ class TokenIssuer:
 
 
 class TokenVerifier:
-    def __init__(
-        self, keys: dict[str, Ed25519PublicKey], *, issuer: str, audience: str, leeway_s: float
-    ) -> None:
+    def __init__(self, keys: dict[str, Ed25519PublicKey], *, issuer: str, audience: str, leeway_s: float) -> None:
         if not keys:
             raise TokenError("no public keys to verify tokens with")
         self._keys = keys

@@ -133,9 +133,7 @@ class Runtime:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ready, checks = self.readiness()
-        return web.json_response(
-            {"ready": ready, "service": self.name, "checks": checks}, status=200 if ready else 503
-        )
+        return web.json_response({"ready": ready, "service": self.name, "checks": checks}, status=200 if ready else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
@@ -243,9 +241,7 @@ class Runtime:
         for stage in Stage:
             share = budget * _STAGE_SHARE[stage]
             remaining = max(0.0, budget - (time.monotonic() - started))
-            await self._run_stage(
-                stage, min(share, remaining) if stage != Stage.CLOSE else max(share, remaining)
-            )
+            await self._run_stage(stage, min(share, remaining) if stage != Stage.CLOSE else max(share, remaining))
         for sig in self._signals_installed:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().remove_signal_handler(sig)
@@ -275,9 +271,7 @@ class Runtime:
                         self._clean = False
         except TimeoutError:
             self._clean = False
-            pending = [
-                t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()
-            ]
+            pending = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
             log.error(  # noqa: TRY400 - the timeout is the news; its traceback is not
                 "shutdown stage %s ran over its %.1f s budget; still running: %s",
                 stage.name,

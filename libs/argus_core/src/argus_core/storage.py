@@ -168,9 +168,7 @@ class ObjectStore:
         )
         return PutResult(bucket, key, result.etag or "", digest.hex(), len(data))
 
-    async def get(
-        self, bucket: str, key: str, *, offset: int = 0, length: int = 0
-    ) -> tuple[bytes, StoredObject]:
+    async def get(self, bucket: str, key: str, *, offset: int = 0, length: int = 0) -> tuple[bytes, StoredObject]:
         def read() -> tuple[bytes, StoredObject]:
             response = self._client.get_object(bucket, key, offset=offset, length=length)
             try:

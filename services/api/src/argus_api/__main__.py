@@ -17,9 +17,7 @@ def _grant(text: str) -> Grant:
     chosen = tuple(a for a in actions.split(",") if a)
     unknown = [a for a in chosen if a not in ACTIONS]
     if unknown or not cams:
-        raise argparse.ArgumentTypeError(
-            f"expected ACTIONS:CAMERAS (actions from {', '.join(ACTIONS)}), got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected ACTIONS:CAMERAS (actions from {', '.join(ACTIONS)}), got {text!r}")
     return Grant(actions=chosen, cameras=tuple(c for c in cams.split(",") if c))  # type: ignore[arg-type]
 
 
@@ -27,9 +25,7 @@ def token_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="argus-api token", description="Sign an Argus access token.")
     parser.add_argument("--subject", required=True)
     parser.add_argument("--role", action="append", default=[], dest="roles")
-    parser.add_argument(
-        "--grant", action="append", default=[], type=_grant, help="e.g. live,playback:cam-1,cam-2"
-    )
+    parser.add_argument("--grant", action="append", default=[], type=_grant, help="e.g. live,playback:cam-1,cam-2")
     parser.add_argument("--org", default="")
     parser.add_argument("--ttl", type=float, default=None, help="seconds (default ARGUS_TOKENS_TTL_S)")
     parser.add_argument("--private-key", default=os.environ.get("ARGUS_TOKENS_PRIVATE_KEY", ""))

@@ -141,9 +141,7 @@ def topology(options: TopologyOptions | None = None) -> Topology:
             "camera health, registry changes, recording index events, service events",
         ),
     )
-    consumers = (
-        ConsumerSpec(AUDIT_STREAM, AUDIT_CONSUMER, None, "the audit service appends these to the chain"),
-    )
+    consumers = (ConsumerSpec(AUDIT_STREAM, AUDIT_CONSUMER, None, "the audit service appends these to the chain"),)
     buckets = (
         BucketSpec(CAMERA_STATUS_BUCKET, "latest health of every camera"),
         BucketSpec(INGEST_LEASES_BUCKET, "which ingest pod pulls which camera", ttl_s=o.lease_ttl_s),

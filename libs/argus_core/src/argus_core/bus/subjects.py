@@ -94,16 +94,10 @@ CAMERA_CHANGED = Subject(
 SEGMENT_RECORDED = Subject(
     f"{ROOT}.recording.segment.{{camera}}", m.SegmentRecorded, "json", "a segment is stored and indexed"
 )
-RECORDING_GAP = Subject(
-    f"{ROOT}.recording.gap.{{camera}}", m.RecordingGap, "json", "a recording gap and its cause"
-)
-PTZ_COMMAND = Subject(
-    f"{ROOT}.ptz.command.{{camera}}", m.PtzCommand, "json", "PTZ request; the reply is a PtzResult"
-)
+RECORDING_GAP = Subject(f"{ROOT}.recording.gap.{{camera}}", m.RecordingGap, "json", "a recording gap and its cause")
+PTZ_COMMAND = Subject(f"{ROOT}.ptz.command.{{camera}}", m.PtzCommand, "json", "PTZ request; the reply is a PtzResult")
 PTZ_RESULT = Subject(f"{ROOT}.ptz.result.{{camera}}", m.PtzResult, "json", "PTZ reply (the request's inbox)")
-AUDIT = Subject(
-    f"{ROOT}.audit.{{service}}", m.AuditEvent, "json", "audit events from every service, stored by audit"
-)
+AUDIT = Subject(f"{ROOT}.audit.{{service}}", m.AuditEvent, "json", "audit events from every service, stored by audit")
 SERVICE_EVENT = Subject(
     f"{ROOT}.event.{{service}}.{{kind}}",
     m.ServiceEvent,
