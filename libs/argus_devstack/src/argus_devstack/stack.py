@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -218,7 +219,8 @@ def servers(state: Path, taken: set[int]) -> Iterator[tuple[NatsServer, Postgres
         )
         pg.start()
         log.info("postgres on 127.0.0.1:%d", pg.port)
-        s3 = stack.enter_context(S3Server(data_dir=state / "s3", port=port_for("s3", taken)))
+        kind = "minio" if shutil.which("minio") else "moto"  # the test-only ARGUS_TEST_S3_* are not for the stack
+        s3 = stack.enter_context(S3Server(data_dir=state / "s3", port=port_for("s3", taken), kind=kind))
         s3.start()
         log.info("S3 (%s) on %s", s3.kind, s3.endpoint)
         yield nats, pg, s3
