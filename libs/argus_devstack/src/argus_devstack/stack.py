@@ -39,7 +39,7 @@ from argus_core.identity import Grant, TokenIssuer, generate_keypair
 from argus_devstack.nats import NatsServer
 from argus_devstack.ports import free_port
 from argus_devstack.postgres import PostgresServer
-from argus_devstack.s3 import S3Server
+from argus_devstack.s3 import S3Kind, S3Server
 
 log = logging.getLogger("argus.stack")
 
@@ -219,7 +219,8 @@ def servers(state: Path, taken: set[int]) -> Iterator[tuple[NatsServer, Postgres
         )
         pg.start()
         log.info("postgres on 127.0.0.1:%d", pg.port)
-        kind = "minio" if shutil.which("minio") else "moto"  # the test-only ARGUS_TEST_S3_* are not for the stack
+        # The test-only ARGUS_TEST_S3_* variables are not for the stack.
+        kind: S3Kind = "minio" if shutil.which("minio") else "moto"
         s3 = stack.enter_context(S3Server(data_dir=state / "s3", port=port_for("s3", taken), kind=kind))
         s3.start()
         log.info("S3 (%s) on %s", s3.kind, s3.endpoint)
