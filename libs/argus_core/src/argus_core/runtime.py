@@ -177,7 +177,7 @@ class Runtime:
                 self._signals_installed.append(sig)
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self.config.http_host, self.config.http_port)
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []

@@ -273,6 +273,7 @@ def run_stack(state: Path, camera_count: int, check: bool) -> int:
                         "ARGUS_HTTP_HOST": "127.0.0.1",
                         "ARGUS_HTTP_PORT": str(simcam_port),
                         "ARGUS_LOG_FORMAT": "json",
+                        "ARGUS_RTSP_HOST": "127.0.0.1",
                         "ARGUS_RTSP_PORT": str(rtsp_port),
                         "ARGUS_CAMERAS": ",".join(c.id for c in cameras),
                         "ARGUS_USERNAME": "argus",

@@ -11,7 +11,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from argus_api import cameras
+from argus_api import cameras, ptz
 from argus_api.config import Config
 from argus_core.http import VERIFIER_KEY, auth_middleware, problem_middleware, public_route
 from argus_core.identity import TokenVerifier
@@ -31,6 +31,7 @@ def build_app(verifier: TokenVerifier) -> web.Application:
     app[VERIFIER_KEY] = verifier
     app.router.add_get("/", console)
     cameras.routes(app)
+    ptz.routes(app)
     return app
 
 

@@ -68,6 +68,7 @@ class ConsumerSpec:
     ack_wait_s: float = 30.0
     max_ack_pending: int = 10_000
     max_deliver: int = -1
+    ack_policy: api.AckPolicy = api.AckPolicy.EXPLICIT
 
     def config(self) -> api.ConsumerConfig:
         return api.ConsumerConfig(
@@ -75,7 +76,7 @@ class ConsumerSpec:
             name=self.durable,
             description=self.description,
             deliver_policy=api.DeliverPolicy.ALL,
-            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_policy=self.ack_policy,
             ack_wait=self.ack_wait_s,
             max_ack_pending=self.max_ack_pending,
             max_deliver=self.max_deliver,
@@ -207,3 +208,31 @@ async def ensure_topology(js: JetStreamContext, topo: Topology) -> None:
         await ensure_consumer(js, consumer)
     for bucket in topo.buckets:
         await ensure_bucket(js, bucket, topo.replicas)
+
+
+# --- recorder --------------------------------------------------------------------------------------------------
+
+RECORDER_CONSUMER_PREFIX = "recorder"
+
+
+def recorder_consumer(
+    camera: str, stream: str = "main", *, ack_wait_s: float = 90.0, max_ack_pending: int = 20_000
+) -> ConsumerSpec:
+    """The recorder's durable pull consumer of one camera stream: `recorder-{camera}` (`-{stream}` if not main).
+
+    Created by the recorder pod that holds the camera's lease, not at start-up (cameras come and go). AckAll: the
+    recorder acks the last packet of each segment once the segment is stored, which acknowledges the segment's
+    packets in one message; what is not acked when a recorder dies is delivered again to the next owner.
+    """
+    durable = (
+        f"{RECORDER_CONSUMER_PREFIX}-{camera}" if stream == "main" else f"{RECORDER_CONSUMER_PREFIX}-{camera}-{stream}"
+    )
+    return ConsumerSpec(
+        MEDIA_STREAM,
+        durable,
+        s.MEDIA.format(camera=camera, stream=stream),
+        f"recorder position in {stream} media of {camera}",
+        ack_wait_s=ack_wait_s,
+        max_ack_pending=max_ack_pending,
+        ack_policy=api.AckPolicy.ALL,
+    )

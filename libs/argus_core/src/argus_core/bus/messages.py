@@ -70,6 +70,10 @@ class CameraStatus(msgspec.Struct, frozen=True, kw_only=True):
     codec: Codec | None = None
     width: int = 0
     height: int = 0
+    session: str = ""  # the ingest session (MediaPacket.session) this status is about
+    previous_pod: str = ""  # on the first status after a pod took the camera over: who pulled it before
+    takeover: Literal["", "released", "expired"] = ""  # how: handed over, or its lease ran out (that pod died)
+    time_trusted: bool = False  # capture times come from the camera's RTCP clock, within tolerance of ours
 
 
 class CameraChanged(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +95,7 @@ GapCause = Literal[
     "no_keyframe",
     "clock_jump",
     "unknown",
+    "spool_overflow",  # the recorder's local spool filled during a storage outage and dropped its oldest footage
 ]
 
 
@@ -184,6 +189,56 @@ class PtzGetStatus(msgspec.Struct, frozen=True, kw_only=True, tag="status"):
     pass
 
 
+class PtzGetPresets(msgspec.Struct, frozen=True, kw_only=True, tag="presets"):
+    pass
+
+
+class PtzGetCapabilities(msgspec.Struct, frozen=True, kw_only=True, tag="capabilities"):
+    pass
+
+
+class PtzRelease(msgspec.Struct, frozen=True, kw_only=True, tag="release"):
+    """Give control back before the lease's idle time (only its holder may)."""
+
+
+TourName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class PtzTourStep(msgspec.Struct, frozen=True, kw_only=True):
+    preset: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    dwell_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
+    speed: float | None = None  # fraction of the camera's speed range; None: the camera's default
+
+
+class PtzSaveTour(msgspec.Struct, frozen=True, kw_only=True, tag="tour_save"):
+    name: TourName
+    steps: Annotated[tuple[PtzTourStep, ...], msgspec.Meta(min_length=1, max_length=64)]
+
+
+class PtzDeleteTour(msgspec.Struct, frozen=True, kw_only=True, tag="tour_delete"):
+    name: TourName
+
+
+class PtzStartTour(msgspec.Struct, frozen=True, kw_only=True, tag="tour_start"):
+    name: TourName
+
+
+class PtzStopTour(msgspec.Struct, frozen=True, kw_only=True, tag="tour_stop"):
+    pass
+
+
+class PtzGetTours(msgspec.Struct, frozen=True, kw_only=True, tag="tours"):
+    pass
+
+
+class PtzSetPark(msgspec.Struct, frozen=True, kw_only=True, tag="park_set"):
+    """Go back to `preset` (None: home) after `idle_s` without control; `enabled=False` turns parking off."""
+
+    enabled: bool = True
+    idle_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    preset: str | None = None
+
+
 PtzAction = (
     PtzContinuousMove
     | PtzAbsoluteMove
@@ -195,7 +250,45 @@ PtzAction = (
     | PtzGotoHome
     | PtzSetHome
     | PtzGetStatus
+    | PtzGetPresets
+    | PtzGetCapabilities
+    | PtzRelease
+    | PtzSaveTour
+    | PtzDeleteTour
+    | PtzStartTour
+    | PtzStopTour
+    | PtzGetTours
+    | PtzSetPark
 )
+
+
+class PtzRange(msgspec.Struct, frozen=True, kw_only=True):
+    min: float
+    max: float
+
+
+class PtzCapabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What a camera's PTZ node offers, from ONVIF discovery; `ranges` keys: pan, tilt, zoom (positions),
+    pan_translation, tilt_translation, zoom_translation, pan_velocity, tilt_velocity, zoom_velocity, speed,
+    zoom_speed, timeout_s."""
+
+    node: str = ""
+    profile: str = ""
+    max_presets: int = 0
+    home_supported: bool = False
+    ranges: dict[str, PtzRange] = {}
+
+
+class PtzTour(msgspec.Struct, frozen=True, kw_only=True):
+    name: TourName
+    steps: tuple[PtzTourStep, ...]
+    active: bool = False
+
+
+class PtzPark(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool = True
+    idle_s: float = 300.0
+    preset: str | None = None  # None: the home position
 
 
 class PtzCommand(msgspec.Struct, frozen=True, kw_only=True):
@@ -217,6 +310,13 @@ class PtzResult(msgspec.Struct, frozen=True, kw_only=True):
     zoom: float | None = None
     moving: bool = False
     presets: dict[str, str] = {}
+    argument: str = ""  # the argument that was out of range, with its valid range below
+    valid_min: float | None = None
+    valid_max: float | None = None
+    capabilities: PtzCapabilities | None = None
+    tours: tuple[PtzTour, ...] = ()
+    park: PtzPark | None = None
+    active_tour: str = ""
 
 
 # --- audit -----------------------------------------------------------------------------------------------------
