@@ -29,6 +29,16 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def dies(pid: int, within_s: float = 3.0) -> bool:
+    """True once `pid` is gone; SIGKILL is delivered asynchronously, so give it a moment."""
+    deadline = time.monotonic() + within_s
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 class ShellServer(ServerProcess):
     """Runs a shell script; "answers" when the script has created the file ``ready`` in its data folder."""
 
@@ -84,8 +94,8 @@ def test_stop_escalates_to_sigkill_for_the_whole_tree() -> None:
         began = time.monotonic()
         server.stop()
         assert time.monotonic() - began < 3
-        assert not alive(leader)
-        assert not alive(child)
+        assert dies(leader)
+        assert dies(child)
     finally:
         server.close()
 
@@ -135,7 +145,7 @@ def test_no_server_outlives_its_process() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     nats_pid, nats_dir, s3_pid, s3_port = done.stdout.split()
-    assert not alive(int(nats_pid))
-    assert not alive(int(s3_pid))
+    assert dies(int(nats_pid))
+    assert dies(int(s3_pid))
     assert not Path(nats_dir).exists()
     assert not http_answers(f"http://127.0.0.1:{s3_port}/")
