@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from argus_core.config import variables
 from argus_core.db import DatabaseConfig, create_pool, migrate
 from argus_core.identity import Grant, TokenIssuer, generate_keypair
 from argus_devstack.nats import NatsServer
@@ -59,6 +60,7 @@ DEFAULT_PORTS = {
     "rtsp": 8554,
 }
 KEY_ID = "local-dev"
+AUDIT_KEY_ID = "local-dev-audit"
 
 
 class StackError(RuntimeError):
@@ -132,16 +134,24 @@ class ServiceProcess:
             return self.proc.wait()
 
 
-def ensure_keys(state: Path) -> tuple[Path, Path]:
+def ensure_keys(state: Path, key_id: str = KEY_ID) -> tuple[Path, Path]:
+    """An Ed25519 key pair under the state folder, made once: `<key_id>.key` and `<key_id>.pem`."""
     keys = state / "keys"
     keys.mkdir(parents=True, exist_ok=True)
-    private, public = keys / f"{KEY_ID}.key", keys / f"{KEY_ID}.pem"
+    private, public = keys / f"{key_id}.key", keys / f"{key_id}.pem"
     if not private.exists() or not public.exists():
         priv, pub = generate_keypair()
         private.write_bytes(priv)
         private.chmod(0o600)
         public.write_bytes(pub)
     return private, public
+
+
+def only_what_it_reads(service: str, env: dict[str, str]) -> dict[str, str]:
+    """`env` without the ARGUS_ variables that the service's Config does not read (they would only warn)."""
+    config = importlib.import_module(f"argus_{service}.config").Config
+    wanted = set(variables(config))
+    return {k: v for k, v in env.items() if not k.startswith("ARGUS_") or k in wanted}
 
 
 def simcam_available() -> bool:
@@ -239,6 +249,7 @@ def run_stack(state: Path, camera_count: int, check: bool) -> int:
                 pg.create_database("argus")
             dsn = pg.dsn("argus")
             private, public = ensure_keys(state)
+            audit_private, audit_public = ensure_keys(state, AUDIT_KEY_ID)
             cameras = simulated_cameras(camera_count)
             rtsp_port = port_for("rtsp", taken)
             simcam_port = port_for("simcam", taken)
@@ -261,6 +272,10 @@ def run_stack(state: Path, camera_count: int, check: bool) -> int:
                 env = dict(common, ARGUS_HTTP_PORT=str(port_for(name, taken)))
                 if name == "api":
                     env["ARGUS_TOKENS_PRIVATE_KEY"] = str(private)
+                if name in ("api", "audit"):
+                    env["ARGUS_AUDIT_PUBLIC_KEYS"] = str(audit_public)
+                if name == "audit":
+                    env["ARGUS_AUDIT_SIGNING_KEY"] = str(audit_private)
                 procs.append(
                     ServiceProcess(
                         name, f"argus_{name}", int(env["ARGUS_HTTP_PORT"]), env, state / "logs" / f"{name}.log"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import msgspec
+
+from argus_core.audit import AuditReaderConfig
 from argus_core.db import DatabaseConfig
 from argus_core.identity import TokenConfig
 from argus_core.runtime import RuntimeConfig
@@ -12,3 +15,4 @@ class Config(RuntimeConfig, frozen=True, kw_only=True):
     db: DatabaseConfig
     s3: S3Config
     tokens: TokenConfig
+    audit: AuditReaderConfig = msgspec.field(default_factory=AuditReaderConfig)

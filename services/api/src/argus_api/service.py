@@ -11,8 +11,9 @@ from importlib import resources
 
 from aiohttp import web
 
-from argus_api import cameras, ptz
+from argus_api import audit, cameras, ptz
 from argus_api.config import Config
+from argus_core.audit import AuditEmitter, CheckpointKeys
 from argus_core.http import VERIFIER_KEY, auth_middleware, problem_middleware, public_route
 from argus_core.identity import TokenVerifier
 from argus_core.runtime import Runtime
@@ -32,14 +33,21 @@ def build_app(verifier: TokenVerifier) -> web.Application:
     app.router.add_get("/", console)
     cameras.routes(app)
     ptz.routes(app)
+    audit.routes(app)
     return app
 
 
 async def run(config: Config) -> int:
     app = build_app(TokenVerifier.from_config(config.tokens))
     async with Runtime(SERVICE, config, app=app) as rt:
-        await rt.connect_bus()
+        bus = await rt.connect_bus()
         app[cameras.POOL_KEY] = await rt.open_db(config.db)
-        await rt.open_store(config.s3)
+        store = await rt.open_store(config.s3)
+        audit.setup(
+            app,
+            store=store,
+            keys=CheckpointKeys.from_files(config.audit.public_keys),
+            emitter=AuditEmitter(bus, SERVICE),
+        )
         rt.set_ready()
         return await rt.serve(rt.stopping.wait())
