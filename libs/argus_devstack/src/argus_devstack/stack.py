@@ -276,6 +276,8 @@ def run_stack(state: Path, camera_count: int, check: bool) -> int:
                     env["ARGUS_AUDIT_PUBLIC_KEYS"] = str(audit_public)
                 if name == "audit":
                     env["ARGUS_AUDIT_SIGNING_KEY"] = str(audit_private)
+                if name == "recorder":
+                    env["ARGUS_RECORDER_SPOOL_DIR"] = str(state / "spool")
                 procs.append(
                     ServiceProcess(
                         name, f"argus_{name}", int(env["ARGUS_HTTP_PORT"]), env, state / "logs" / f"{name}.log"
