@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 
 import asyncpg
 import pytest
@@ -69,3 +71,21 @@ async def test_a_failing_migration_leaves_nothing_half_done(database_url: str) -
         assert await applied_migrations(pool) == []
     finally:
         await pool.close()
+
+
+async def test_the_cli_lists_applied_migrations(database_url: str) -> None:
+    env = {**os.environ, "ARGUS_DB_URL": database_url}
+    listing = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "argus_core", "migrations", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await listing.communicate()
+    assert listing.returncode == 1  # nothing applied yet
+    assert "0001  camera_registry" in out.decode()
+    assert "not applied" in out.decode()
+    applying = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "argus_core", "migrations", "--apply", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await applying.communicate()
+    assert applying.returncode == 0
+    assert "not applied" not in out.decode()
+    assert out.decode().count("applied 20") == len(bundled_migrations())

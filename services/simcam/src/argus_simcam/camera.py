@@ -11,6 +11,7 @@ every `SimCamera`; a camera given none makes its own.
 - `mode="preencoded"`: the shared clip with this camera's own timecode slice, made only while someone watches.
   While the picture must differ from the clip (freeze, cover, defocus, shift, a main-stream resolution fault, or
   the view away from home), the stream is encoded live instead, and it returns to the clip at a clip keyframe.
+  H.265 cameras always encode live: the running time code is spliced into H.264 clips only.
 """
 
 from __future__ import annotations
@@ -322,6 +323,11 @@ class SimCamera:
             raise ValueError(f"unsupported mode {mode!r}")
         self.name = name
         self.codec: Codec = codec
+        if mode == "preencoded" and codec == "h265":
+            # The time-code slice is spliced into CAVLC H.264 only; an H.265 clip would loop with a frozen code,
+            # and a receiver must always be able to read the capture time, so H.265 cameras encode live.
+            _log.info("camera %s: H.265 has no pre-encoded mode with a running time code; encoding live", name)
+            mode = "live"
         self.mode: Mode = mode
         self.credentials = credentials
         self.view_provider: ViewProvider = view_provider or (lambda: _HOME)
