@@ -45,6 +45,10 @@ class S3Config(msgspec.Struct, frozen=True, kw_only=True):
     audit_bucket: str = "argus-audit"
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
     timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # Make the recordings bucket with object lock (and so versioning) when it is created, so that evidence holds
+    # can also put S3 legal holds on held segments (the store then refuses to delete them). Only takes effect when
+    # the bucket does not exist yet: object lock cannot be turned on for an existing bucket.
+    recordings_object_lock: bool = False
 
 
 class StorageError(ArgusError):
@@ -76,6 +80,30 @@ class PutResult:
     etag: str
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One entry of a listing: an object, or with versions one version of it (or a delete marker)."""
+
+    key: str
+    size: int
+    last_modified_ns: int  # 0 when the store did not say
+    version_id: str | None = None
+    is_latest: bool = True
+    is_delete_marker: bool = False
+
+
+def _listed(o: Any) -> ListedObject:
+    modified = o.last_modified
+    return ListedObject(
+        key=o.object_name or "",
+        size=int(o.size or 0),
+        last_modified_ns=int(modified.timestamp() * 1_000_000) * 1000 if modified is not None else 0,
+        version_id=o.version_id,
+        is_latest=str(o.is_latest).lower() != "false",
+        is_delete_marker=bool(o.is_delete_marker),
+    )
 
 
 def _meta_from_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -140,7 +168,7 @@ class ObjectStore:
         return True
 
     async def ensure_buckets(self) -> None:
-        await self.ensure_bucket(self._config.recordings_bucket)
+        await self.ensure_bucket(self._config.recordings_bucket, object_lock=self._config.recordings_object_lock)
         await self.ensure_bucket(self._config.evidence_bucket, object_lock=True)
         await self.ensure_bucket(self._config.audit_bucket, object_lock=True)
 
@@ -233,6 +261,86 @@ class ObjectStore:
         except StorageError:
             return False
         return True
+
+    # --- listings, versions and object lock (retention) -------------------------------------------------------
+
+    async def object_lock_enabled(self, bucket: str) -> bool:
+        """True if `bucket` was made with object lock (so legal holds and versioned deletes apply)."""
+
+        def read() -> bool:
+            try:
+                self._client.get_object_lock_config(bucket)
+            except S3Error as exc:
+                if exc.code == "ObjectLockConfigurationNotFoundError":
+                    return False
+                raise
+            return True
+
+        return await self._call(read)
+
+    async def versioning_enabled(self, bucket: str) -> bool:
+        """True if `bucket` keeps versions (a plain delete then only adds a delete marker)."""
+        config = await self._call(self._client.get_bucket_versioning, bucket)
+        return config.status == "Enabled"
+
+    async def list_page(
+        self, bucket: str, prefix: str = "", *, start_after: str = "", limit: int = 1000
+    ) -> list[ListedObject]:
+        """Up to `limit` objects under `prefix` whose keys sort after `start_after`, in key order."""
+
+        def listing() -> list[ListedObject]:
+            out: list[ListedObject] = []
+            found = self._client.list_objects(bucket, prefix=prefix, recursive=True, start_after=start_after or None)
+            for o in found:
+                out.append(_listed(o))
+                if len(out) >= limit:
+                    break
+            return out
+
+        return await self._call(listing)
+
+    async def list_level(self, bucket: str, prefix: str = "") -> tuple[list[str], list[ListedObject]]:
+        """One level under `prefix`: its "folders" (keys up to the next `/`, ending with it) and its objects."""
+
+        def listing() -> tuple[list[str], list[ListedObject]]:
+            folders: list[str] = []
+            objects: list[ListedObject] = []
+            for o in self._client.list_objects(bucket, prefix=prefix, recursive=False):
+                if not o.object_name:
+                    continue
+                if o.is_dir:
+                    folders.append(o.object_name)
+                else:
+                    objects.append(_listed(o))
+            return folders, objects
+
+        return await self._call(listing)
+
+    async def list_versions(self, bucket: str, prefix: str) -> list[ListedObject]:
+        """Every version and delete marker of every object under `prefix`."""
+
+        def listing() -> list[ListedObject]:
+            found = self._client.list_objects(bucket, prefix=prefix, recursive=True, include_version=True)
+            return [_listed(o) for o in found]
+
+        return await self._call(listing)
+
+    async def delete_versions(self, bucket: str, items: Iterable[tuple[str, str | None]]) -> list[str]:
+        """Multi-object delete of given versions ((key, version id); None: the current one); returns the keys the
+        store refused (a version under legal hold or retention), with the reason logged."""
+        objects = [DeleteObject(key, version) for key, version in items]
+
+        def delete() -> list[str]:
+            failed: list[str] = []
+            for error in self._client.remove_objects(bucket, objects):
+                log.warning("delete refused %s/%s: %s", bucket, error.name, error.message)
+                failed.append(error.name or "")
+            return failed
+
+        return await self._call(delete)
+
+    async def legal_hold_enabled(self, bucket: str, key: str) -> bool:
+        return await self._call(self._client.is_object_legal_hold_enabled, bucket, key)
 
     async def close(self) -> None:
         """Finish calls in flight, then release threads and sockets; safe to call twice."""

@@ -11,7 +11,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from argus_api import audit, cameras, ptz
+from argus_api import audit, cameras, ptz, retention
 from argus_api.config import Config
 from argus_core.audit import AuditEmitter, CheckpointKeys
 from argus_core.http import VERIFIER_KEY, auth_middleware, problem_middleware, public_route
@@ -34,6 +34,7 @@ def build_app(verifier: TokenVerifier) -> web.Application:
     cameras.routes(app)
     ptz.routes(app)
     audit.routes(app)
+    retention.routes(app)
     return app
 
 
