@@ -209,7 +209,9 @@ def test_dockerfile_installs_only_this_service(name: str) -> None:
     path = ROOT / "services" / name / "Dockerfile"
     project = tomllib.loads((ROOT / "services" / name / "pyproject.toml").read_text())["project"]["name"]
     assert project == f"argus-{name}"
-    builder = dockerfile_stages(path)[0]
+    stages = dockerfile_stages(path)
+    # The builder is the stage that installs with uv (the api has a stage before it that fetches hls.js).
+    builder = next((st for st in stages if any(i.keyword == "RUN" and "uv sync" in i.args for i in st)), stages[0])
 
     syncs = [i.args for i in builder if i.keyword == "RUN" and "uv sync" in i.args]
     assert syncs, f"{path}: the builder never runs uv sync"

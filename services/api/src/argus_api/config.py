@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from argus_api.playback import PlaybackConfig
 from argus_core.audit import AuditReaderConfig
 from argus_core.db import DatabaseConfig
 from argus_core.identity import TokenConfig
@@ -16,3 +17,4 @@ class Config(RuntimeConfig, frozen=True, kw_only=True):
     s3: S3Config
     tokens: TokenConfig
     audit: AuditReaderConfig = msgspec.field(default_factory=AuditReaderConfig)
+    playback: PlaybackConfig = msgspec.field(default_factory=PlaybackConfig)

@@ -11,7 +11,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from argus_api import audit, cameras, ptz, retention
+from argus_api import audit, cameras, playback, ptz, retention
 from argus_api.config import Config
 from argus_core.audit import AuditEmitter, CheckpointKeys
 from argus_core.http import VERIFIER_KEY, auth_middleware, problem_middleware, public_route
@@ -35,6 +35,7 @@ def build_app(verifier: TokenVerifier) -> web.Application:
     ptz.routes(app)
     audit.routes(app)
     retention.routes(app)
+    playback.routes(app)
     return app
 
 
@@ -44,11 +45,16 @@ async def run(config: Config) -> int:
         bus = await rt.connect_bus()
         app[cameras.POOL_KEY] = await rt.open_db(config.db)
         store = await rt.open_store(config.s3)
-        audit.setup(
+        emitter = AuditEmitter(bus, SERVICE)
+        audit.setup(app, store=store, keys=CheckpointKeys.from_files(config.audit.public_keys), emitter=emitter)
+        playback.setup(
             app,
             store=store,
-            keys=CheckpointKeys.from_files(config.audit.public_keys),
-            emitter=AuditEmitter(bus, SERVICE),
+            config=config.playback,
+            emitter=emitter,
+            bus=bus,
+            registry=rt.registry,
+            pod=config.pod_name,
         )
         rt.set_ready()
         return await rt.serve(rt.stopping.wait())
