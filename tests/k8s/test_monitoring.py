@@ -20,9 +20,7 @@ import pytest
 from tests.k8s.manifests import K8S, OVERLAYS, ROOT, load_yaml, of_kind, overlay, render
 
 # Metrics the alerts, dashboard and autoscalers rely on that no service exports yet: name -> who is to export it.
-PENDING_METRICS = {
-    "argus_liveview_viewers": "liveview (issue 9): a gauge of the viewers (WebRTC sessions) of each pod",
-}
+PENDING_METRICS: dict[str, str] = {}
 # From the NATS exporter (promExporter of the NATS chart, -jsz=all) and kube-state-metrics.
 EXTERNAL_METRICS = {
     "jetstream_consumer_num_pending",
