@@ -553,8 +553,11 @@ async def side_by_side(args: argparse.Namespace) -> int:
             with simcam_server(max(counts), tmp) as port:
                 for count in counts:
                     urls = camera_urls(port, count)
-                    out(f"- {count} cameras: ffmpeg ...")
-                    ffmpeg, segments = await run_ffmpeg(urls, args, tmp)
+                    if args.ffmpeg:
+                        out(f"- {count} cameras: ffmpeg ...")
+                        ffmpeg, segments = await run_ffmpeg(urls, args, tmp)
+                    else:  # profiling ours alone
+                        ffmpeg, segments = Window(seconds=1.0, cpu={"ffmpeg": 1e-9}, hwm_mb={"ffmpeg": 0.0}), 0
                     out(f"- {count} cameras: ingest ...")
                     ingest = await run_ingest(urls, args, tmp, postgres)
                     rows.append((count, ffmpeg, segments, ingest))
@@ -629,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--recorder", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--ffmpeg", action=argparse.BooleanOptionalAction, default=True, help="run ffmpeg beside")
     parser.add_argument("--batch", type=int, default=5, help="framing: access units per message")
     parser.add_argument("--window", type=int, default=64, help="framing: publishes in flight per camera")
     args = parser.parse_args(argv)

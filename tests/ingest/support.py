@@ -115,11 +115,15 @@ class World:
         password: str | None = None,
         transport: str = "tcp",
         enabled: bool = True,
+        site: str | None = None,
     ) -> None:
+        if site is not None:
+            await self.db.execute("INSERT INTO sites (id, name) VALUES ($1, $1) ON CONFLICT DO NOTHING", site)
         await self.db.execute(
-            "INSERT INTO cameras (id, name, main_url, sub_url, username, password, transport, enabled) "
-            "VALUES ($1, $1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET main_url = $2, sub_url = $3, "
-            "username = $4, password = $5, transport = $6, enabled = $7, updated_at = now()",
+            "INSERT INTO cameras (id, name, main_url, sub_url, username, password, transport, enabled, site_id) "
+            "VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO UPDATE SET main_url = $2, "
+            "sub_url = $3, username = $4, password = $5, transport = $6, enabled = $7, site_id = $8, "
+            "updated_at = now()",
             camera,
             main_url,
             sub_url,
@@ -127,6 +131,7 @@ class World:
             password,
             transport,
             enabled,
+            site,
         )
 
     async def remove_camera(self, camera: str) -> None:

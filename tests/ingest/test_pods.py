@@ -6,9 +6,10 @@ import asyncio
 import signal
 import time
 
+import msgspec
 import pytest
 
-from tests.ingest.support import World, eventually, process_pod, world
+from tests.ingest.support import FAST, World, eventually, process_pod, world
 from tests.ingest.test_media import check_session
 from tests.simcam.media_env import SMALL, CameraDef, simcam
 
@@ -188,3 +189,50 @@ async def test_stopped_pod_hands_over_at_once(nats_url: str, database_url: str) 
     sessions = list(dict.fromkeys(p.session for p in stored))
     assert sessions[-2:] == [old, w.seen.of(victim)[-1].session]
     assert not [x for x in w.seen.status_of(victim) if x.state == "offline"], "a handover is not an outage"
+
+
+async def test_site_pools_pull_only_their_sites_cameras(nats_url: str, database_url: str) -> None:
+    """Pods with ARGUS_INGEST_SITES share their sites' cameras among themselves and never touch the others."""
+    cams = {f"s{i}": CameraDef(main=SMALL, sub=None) for i in range(7)}
+    sites = {"s0": "north", "s1": "north", "s2": "north", "s3": "north", "s4": "south", "s5": "south", "s6": None}
+    async with simcam(cams) as env, world(nats_url, database_url) as w:
+        for camera, site in sites.items():
+            await w.add_camera(camera, env.url(camera), site=site)
+        north_a = await w.start_pod("north-a", msgspec.structs.replace(FAST, sites=("north",)))
+        await w.start_pod("north-b", msgspec.structs.replace(FAST, sites=("north",)))
+        south = await w.start_pod("south", msgspec.structs.replace(FAST, sites=("south",)))
+
+        def by_pod() -> dict[str, set[str]]:
+            out: dict[str, set[str]] = {}
+            for camera, pod in w.holders().items():
+                out.setdefault(pod, set()).add(camera)
+            return out
+
+        await eventually(
+            lambda: sorted(len(v) for v in by_pod().values()) == [2, 2, 2], within_s=15, what="2 + 2 north, 2 south"
+        )
+        held = by_pod()
+        assert held["south"] == {"s4", "s5"}
+        assert held["north-a"] | held["north-b"] == {"s0", "s1", "s2", "s3"}
+        # The camera without a site is pulled by no pod here, and every pod says so.
+        await eventually(lambda: north_a.metrics.cameras_unserved._value.get() == 1, what="one unserved camera")
+        assert south.metrics.cameras_unserved._value.get() == 1
+        assert not w.seen.of("s6")
+
+        # A camera moved to another site changes pool: its old pod hands it over (not reported disabled).
+        old = next(pod for pod, held_ in by_pod().items() if "s3" in held_)
+        await w.add_camera("s3", env.url("s3"), site="south")
+        await w.announce("s3")
+        await eventually(lambda: w.holders().get("s3") == "south", within_s=10, what="s3 to the south pod")
+        assert old != "south"
+        assert "disabled" not in w.seen.states("s3")
+        await eventually(lambda: sorted(len(v) for v in by_pod().values()) == [1, 2, 3], what="north 2 + 1")
+
+        # A pod without sites serves every camera: it takes the one nobody else may.
+        await w.start_pod("anywhere")
+        await eventually(lambda: w.holders().get("s6") == "anywhere", within_s=10, what="s6 pulled")
+        await eventually(lambda: south.metrics.cameras_unserved._value.get() == 0, what="none unserved")
+        assert exclusive(w)
+        for camera in cams:
+            for session in w.seen.sessions(camera):
+                check_session([p for p in w.seen.of(camera) if p.session == session], "h264")

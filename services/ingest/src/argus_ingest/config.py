@@ -19,6 +19,10 @@ Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
     """`ARGUS_INGEST_*`: what to pull, how patiently, and how packets go onto the bus."""
 
+    # The sites (ids in the `sites` table) whose cameras this pod pulls; empty: every camera of the register. Pods
+    # with the same sites share those cameras evenly; set it at every site (a camera without a site is then pulled
+    # only by pods without sites).
+    sites: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
     # Streams pulled from every camera (a camera without a sub stream URL is pulled for main only).
     streams: Annotated[tuple[StreamName, ...], msgspec.Meta(min_length=1)] = ("main",)
     # The register is re-read this often (and soon after a CameraChanged).

@@ -3,7 +3,8 @@
 Keys:
 
     pods.<pod>       a pod's heartbeat (`Member`), rewritten every renew interval; the live pods are those whose
-                     key changed within the last TTL
+                     key changed within the last TTL. It names the sites the pod serves: pods serving the same
+                     sites share those sites' cameras among themselves (a pool) and ignore the other pools
     cams.<camera>    the lease of one camera (`Lease`): the pod that pulls it, rewritten every renew interval
 
 Every write of a lease is a compare-and-set on the revision the writer last saw (`create` for a free key), so of
@@ -55,6 +56,7 @@ class Member(msgspec.Struct, frozen=True, kw_only=True):
     pod: str
     since_ns: int
     cameras: int = 0
+    sites: tuple[str, ...] = ()  # sorted; empty: every camera of the register
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -78,6 +80,7 @@ class _Known:
     deleted: bool
     last_owner: str = ""  # for a deleted lease: who held it before
     vanished: bool = False  # deleted because it expired in the server (not released)
+    sites: tuple[str, ...] = ()  # for a heartbeat: the sites that pod serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +97,11 @@ class _Conflict(Exception):
 class LeaseTable:
     """One pod's mirror of the bucket and its writes. `run()` keeps the mirror; the rest is called by the pod."""
 
-    def __init__(self, kv: KeyValue, *, pod: str, ttl_s: float) -> None:
+    def __init__(self, kv: KeyValue, *, pod: str, ttl_s: float, sites: Collection[str] = ()) -> None:
         self.kv = kv
         self.pod = pod
         self.ttl_s = ttl_s
+        self.sites = tuple(sorted(set(sites)))
         self._since_ns = time.time_ns()
         self._known: dict[str, _Known] = {}
         self._held: dict[str, int] = {}  # camera -> revision of our lease
@@ -144,37 +148,52 @@ class LeaseTable:
         if known is not None and known.revision >= revision and not vanished:
             return
         owner = None
+        sites: tuple[str, ...] = ()
         if value is not None:
-            owner = self._owner_of(key, value)
+            owner, sites = self._owner_of(key, value)
         last_owner = owner or (known.owner or known.last_owner if known is not None else "") or ""
-        self._known[key] = _Known(revision, owner, time.monotonic(), value is None, last_owner, vanished)
+        self._known[key] = _Known(revision, owner, time.monotonic(), value is None, last_owner, vanished, sites)
         if owner != self.pod and (known is None or known.owner != owner or value is None):
             self.changed.set()
 
     @staticmethod
-    def _owner_of(key: str, value: bytes) -> str | None:
+    def _owner_of(key: str, value: bytes) -> tuple[str | None, tuple[str, ...]]:
+        """The pod a value names, and for a heartbeat the sites it serves."""
         try:
             if key.startswith(CAMERA_PREFIX):
-                return _LEASE.decode(value).pod
+                return _LEASE.decode(value).pod, ()
             if key.startswith(POD_PREFIX):
-                return _MEMBER.decode(value).pod
+                member = _MEMBER.decode(value)
+                return member.pod, tuple(sorted(set(member.sites)))
         except msgspec.DecodeError:
-            return "?"
-        return None
+            return "?", ()
+        return None, ()
 
     def _fresh(self, known: _Known, now: float) -> bool:
         return not known.deleted and now - known.seen < self.ttl_s
 
     def live_pods(self) -> set[str]:
-        """Pods whose heartbeat changed within the TTL, this one included."""
+        """Pods of this pod's pool (serving the same sites) whose heartbeat changed within the TTL, this one
+        included."""
         now = time.monotonic()
         pods = {
             known.owner
             for key, known in self._known.items()
-            if key.startswith(POD_PREFIX) and known.owner and self._fresh(known, now)
+            if key.startswith(POD_PREFIX) and known.owner and known.sites == self.sites and self._fresh(known, now)
         }
         pods.add(self.pod)
         return pods
+
+    def live_pools(self) -> set[tuple[str, ...]]:
+        """The site sets that live pods (of any pool, this one included) serve; `()` serves every camera."""
+        now = time.monotonic()
+        pools = {
+            known.sites
+            for key, known in self._known.items()
+            if key.startswith(POD_PREFIX) and known.owner and self._fresh(known, now)
+        }
+        pools.add(self.sites)
+        return pools
 
     def owners(self) -> dict[str, str]:
         """Camera -> the pod holding a fresh lease on it (ours included)."""
@@ -194,7 +213,7 @@ class LeaseTable:
     # --- writes ---------------------------------------------------------------------------------------------------
 
     async def heartbeat(self, cameras: int) -> None:
-        value = _ENCODER.encode(Member(pod=self.pod, since_ns=self._since_ns, cameras=cameras))
+        value = _ENCODER.encode(Member(pod=self.pod, since_ns=self._since_ns, cameras=cameras, sites=self.sites))
         revision = await self.kv.put(pod_key(self.pod), value)
         self._learn(pod_key(self.pod), int(revision), value)
 

@@ -12,6 +12,12 @@ class Metrics:
         self.cameras_online = Gauge(
             "argus_ingest_cameras_online", "held cameras whose main stream is online", registry=r
         )
+        self.cameras_unserved = Gauge(
+            "argus_ingest_cameras_unserved",
+            "enabled cameras of the register that no live ingest pod serves (their site is in no pod's "
+            "ARGUS_INGEST_SITES), as this pod sees the lease bucket",
+            registry=r,
+        )
         self.packets = Counter(
             "argus_ingest_packets_published", "access units stored in JetStream", ["camera", "stream"], registry=r
         )

@@ -7,9 +7,10 @@ Two loops run side by side:
   renewed for most of a TTL (the bus is away: the others may have taken it). It has a task of its own so that a
   hand-over waiting for acks on a slow bus never delays a renewal past the TTL;
 - the balancer (`_loop`), every `tick_s` and at once when the lease bucket or the register changes: hands over
-  cameras that left the register or were disabled (reported `disabled`), restarts the pullers of a camera whose
-  row changed (URL, credentials, transport), then takes its share (`leases.plan`): hands over cameras above it,
-  takes free or stale ones up to it.
+  cameras that left the register or were disabled (reported `disabled`) or moved to a site this pod does not
+  serve (`ARGUS_INGEST_SITES`; pods serving the same sites form a pool that shares them), restarts the pullers
+  of a camera whose row changed (URL, credentials, transport), then takes its share (`leases.plan`): hands over
+  cameras above it, takes free or stale ones up to it.
 
 Handing a camera over stops its pullers (no packet after that), waits for the acks of what they sent, then
 deletes the lease, so that the next pod starts its session after this one's last packet. A pod that dies stops
@@ -113,7 +114,9 @@ class IngestPod:
 
     async def run(self, stopping: asyncio.Event) -> None:
         js = self.bus.js
-        leases = self.leases = LeaseTable(await js.key_value(INGEST_LEASES_BUCKET), pod=self.pod, ttl_s=self.ttl_s)
+        leases = self.leases = LeaseTable(
+            await js.key_value(INGEST_LEASES_BUCKET), pod=self.pod, ttl_s=self.ttl_s, sites=self.settings.sites
+        )
         leases.changed = self._wake
         self.status = StatusReporter(self.bus, await js.key_value(CAMERA_STATUS_BUCKET))
         await self.router.start()
@@ -219,14 +222,24 @@ class IngestPod:
 
     async def _balance(self) -> None:
         leases = self._leases()
-        streams = self.settings.streams
-        register = {cid: row for cid, row in self.register.enabled.items() if any(row.url(x) for x in streams)}
+        streams, sites = self.settings.streams, leases.sites
+        enabled = self.register.enabled
+        register = {
+            cid: row for cid, row in enabled.items() if row.served_by(sites) and any(row.url(x) for x in streams)
+        }
+        pools = leases.live_pools()
+        self.metrics.cameras_unserved.set(
+            sum(1 for row in enabled.values() if not any(row.served_by(pool) for pool in pools))
+        )
         for camera, slot in list(self._slots.items()):
             row = register.get(camera)
             if row is None:
-                removed = camera not in self.register.cameras
+                known = self.register.cameras.get(camera)
                 await self._hand_over([camera])
-                await self._report_disabled(camera, "removed from the register" if removed else "disabled")
+                if known is not None and known.enabled and not known.served_by(sites):
+                    log.info("camera %s moved to site %s: handed over", camera, known.site, extra={"camera": camera})
+                    continue
+                await self._report_disabled(camera, "removed from the register" if known is None else "disabled")
             elif row != slot.row:
                 log.info("camera %s changed in the register: reconnecting", camera, extra={"camera": camera})
                 await self._stop_slot(camera, flush=True)

@@ -19,7 +19,7 @@ from argus_ingest.demux import Source, Transport, with_credentials
 
 log = logging.getLogger(__name__)
 
-_QUERY = "SELECT id, main_url, sub_url, username, password, transport, enabled FROM cameras ORDER BY id"
+_QUERY = "SELECT id, site_id, main_url, sub_url, username, password, transport, enabled FROM cameras ORDER BY id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,7 @@ class CameraRow:
     password: str | None = None
     transport: Transport = "tcp"
     enabled: bool = True
+    site: str | None = None  # `site_id`: which site's ingest pods pull it (ARGUS_INGEST_SITES)
 
     def url(self, stream: StreamName) -> str | None:
         return self.main_url if stream == "main" else (self.sub_url or None)
@@ -48,7 +49,11 @@ class CameraRow:
         )
 
     def __repr__(self) -> str:  # never show the password
-        return f"CameraRow({self.id}, enabled={self.enabled}, transport={self.transport})"
+        return f"CameraRow({self.id}, site={self.site}, enabled={self.enabled}, transport={self.transport})"
+
+    def served_by(self, sites: tuple[str, ...]) -> bool:
+        """Whether a pod serving `sites` pulls this camera (no sites: every camera)."""
+        return not sites or self.site in sites
 
 
 def _transport(value: object) -> Literal["tcp", "udp"]:
@@ -66,6 +71,7 @@ async def load_register(pool: asyncpg.Pool) -> dict[str, CameraRow]:
             password=r["password"],
             transport=_transport(r["transport"]),
             enabled=bool(r["enabled"]),
+            site=r["site_id"],
         )
         for r in rows
     }
