@@ -257,6 +257,9 @@ class IngestResult:
     segments_indexed: int = -1  # with --recorder: rows in `segments` when the window closed
 
 
+EXTRA_ENV: dict[str, str] = {}  # --set: settings for ingest and the recorder (a knob's effect)
+
+
 def service_env(nats_url: str, db_url: str, http_port: int, pod: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARGUS_")}
     env.update(
@@ -271,6 +274,7 @@ def service_env(nats_url: str, db_url: str, http_port: int, pod: str) -> dict[st
             "ARGUS_MEDIA_MAX_AGE_S": "120",  # the disk is shared: media the benchmark does not need goes early
         }
     )
+    env.update(EXTRA_ENV)
     return env
 
 
@@ -632,10 +636,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--recorder", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--set", action="append", default=[], metavar="ARGUS_X=V", help="a setting for our services")
     parser.add_argument("--ffmpeg", action=argparse.BooleanOptionalAction, default=True, help="run ffmpeg beside")
     parser.add_argument("--batch", type=int, default=5, help="framing: access units per message")
     parser.add_argument("--window", type=int, default=64, help="framing: publishes in flight per camera")
     args = parser.parse_args(argv)
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("ARGUS_"):
+            parser.error(f"--set {item}: expected ARGUS_NAME=value")
+        EXTRA_ENV[name] = value
     if args.mode == "framing":
         args.cameras = args.cameras[-1]
         return asyncio.run(framing(args))

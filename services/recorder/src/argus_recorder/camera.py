@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import nats.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import KeyNotFoundError, NotFoundError
@@ -35,6 +36,7 @@ from argus_recorder.errors import MuxError
 from argus_recorder.index import Index, IndexRejected, IndexUnavailable
 from argus_recorder.metrics import Metrics
 from argus_recorder.muxer import mux_segment
+from argus_recorder.pull import Pull
 from argus_recorder.segmenter import Event, GapFound, SegmentCut, Segmenter
 from argus_recorder.sink import Sink
 from argus_recorder.status import StatusBook
@@ -50,6 +52,7 @@ class WorkerContext:
     """What every camera worker of a pod shares."""
 
     js: JetStreamContext
+    nc: NATS
     sink: Sink
     index: Index
     statuses: StatusBook
@@ -96,7 +99,8 @@ class CameraWorker:
             self.camera, self.stream, ack_wait_s=settings.ack_wait_s, max_ack_pending=settings.max_ack_pending
         )
         await self._prepare_consumer(spec)
-        sub = await self._ctx.js.pull_subscribe_bind(durable=spec.durable, stream=MEDIA_STREAM)
+        sub = Pull(self._ctx.nc, MEDIA_STREAM, spec.durable)
+        await sub.start()
         try:
             await self._seed_status()
             checkpoint = None
@@ -116,10 +120,9 @@ class CameraWorker:
             )
             await self._loop(sub, segmenter)
         finally:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+            await sub.stop()
 
-    async def _loop(self, sub: JetStreamContext.PullSubscription, segmenter: Segmenter[Msg]) -> None:
+    async def _loop(self, sub: Pull, segmenter: Segmenter[Msg]) -> None:
         settings = self._ctx.settings
         last_packet = time.monotonic()
         seen = _Counts()
@@ -143,12 +146,10 @@ class CameraWorker:
         seen.report(segmenter, self._ctx.metrics)
         log.info("stopped recording %s/%s (%s)", self.camera, self.stream, self._stop, extra=self._log_extra)
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
+    async def _fetch(self, sub: Pull, batch: int) -> list[Msg]:
         try:
-            return await sub.fetch(batch, timeout=_FETCH_TIMEOUT_S)
-        except TimeoutError:
-            return []
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+            return await sub.fetch(batch, _FETCH_TIMEOUT_S)
+        except nats.errors.Error as exc:
             log.warning("%s: fetch failed (%s); retrying", self.camera, exc, extra=self._log_extra)
             await self.wait_stopped(1.0)
             return []

@@ -82,6 +82,7 @@ async def run(config: Config) -> int:
         rt.on_stop(Stage.CLOSE, "mux threads", close_mux_pool)
         ctx = WorkerContext(
             js=bus.js,
+            nc=bus.nc,
             sink=sink,
             index=index,
             statuses=statuses,
