@@ -180,8 +180,11 @@ class ObjectStore:
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
+        sha256: str | None = None,
     ) -> PutResult:
-        digest = hashlib.sha256(data).digest()
+        """Store `data`; `sha256` (hex), when the caller has it already, saves hashing the bytes again (the server
+        checks it against what it received either way)."""
+        digest = bytes.fromhex(sha256) if sha256 else hashlib.sha256(data).digest()
         headers: dict[str, str] = {f"x-amz-meta-{k}": v for k, v in (metadata or {}).items()}
         headers["x-amz-checksum-sha256"] = base64.b64encode(digest).decode()
         headers["x-amz-sdk-checksum-algorithm"] = "SHA256"

@@ -50,20 +50,17 @@ class _Sink:
     """A write-only, non-seekable file for the muxer: fragments are produced in order, nothing is rewritten."""
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
+        self.buffer = bytearray()  # one growing buffer: the muxer's writes are copied once, not kept as pieces
 
     def write(self, data: bytes | memoryview) -> int:
-        self.parts.append(bytes(data))
+        self.buffer += data
         return len(data)
 
     def seekable(self) -> bool:
         return False
 
-    def getvalue(self) -> bytes:
-        return b"".join(self.parts)
 
-
-def split_init(data: bytes) -> int:
+def split_init(data: bytes | memoryview) -> int:
     """The length of the init segment (`ftyp` and `moov`) at the start of a fragmented MP4."""
     pos = 0
     while pos + 8 <= len(data):
@@ -115,9 +112,9 @@ def mux_segment(config: CodecConfig, packets: Sequence[MuxPacket]) -> MuxedSegme
                 out.mux(packet)
     except (av.error.FFmpegError, BitstreamError, ValueError) as exc:
         raise MuxError(f"muxing {len(packets)} packets failed: {exc}") from exc
-    data = sink.getvalue()
-    cut = split_init(data)
-    media = data[cut:]
+    written = memoryview(sink.buffer)
+    cut = split_init(written)
+    media = bytes(written[cut:])
     if not media:
         raise MuxError("the muxer wrote no media fragment")
-    return MuxedSegment(data[:cut], media, hashlib.sha256(media).hexdigest())
+    return MuxedSegment(bytes(written[:cut]), media, hashlib.sha256(media).hexdigest())

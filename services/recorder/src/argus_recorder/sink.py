@@ -146,12 +146,13 @@ class Sink:
             del self._init_bytes[next(iter(self._init_bytes))]
         self._metrics.frames.inc(row.frames)
         self._metrics.segment_bytes.inc(row.bytes)
-        if not await self._upload(row, muxed.media, muxed.init):
+        if not await self._upload(row, muxed.media, muxed.init, hashed=True):
             await self._spool_segment(row, muxed.media, muxed.init)
             return "spooled"
         return await self._index_segment(row)
 
-    async def _upload(self, row: SegmentRow, media: bytes, init: bytes | None) -> bool:
+    async def _upload(self, row: SegmentRow, media: bytes, init: bytes | None, *, hashed: bool = False) -> bool:
+        """`hashed`: `row.sha256` was computed from these very bytes (just muxed, not read back from the spool)."""
         if not self._s3.available():
             return False
         started = time.monotonic()
@@ -159,7 +160,7 @@ class Sink:
             async with asyncio.timeout(self._upload_timeout_s):
                 if init is not None:
                     await self._put_init(row.init_key, init)
-                await self._put(row.object_key, media, "video/iso.segment")
+                await self._put(row.object_key, media, "video/iso.segment", sha256=row.sha256 if hashed else None)
         except (StorageError, TimeoutError) as exc:
             await self._failed(self._s3, "s3", f"upload of {row.object_key}: {exc or type(exc).__name__}")
             return False
@@ -167,15 +168,15 @@ class Sink:
         await self._succeeded(self._s3, "s3")
         return True
 
-    async def _put(self, key: str, data: bytes, content_type: str) -> None:
+    async def _put(self, key: str, data: bytes, content_type: str, *, sha256: str | None = None) -> None:
         try:
-            await self._store.put(self._bucket, key, data, content_type=content_type)
+            await self._store.put(self._bucket, key, data, content_type=content_type, sha256=sha256)
         except ObjectNotFound:
             # The bucket is gone (a store rebuilt empty): make it again, and the init segments with it.
             log.warning("bucket %s is missing: creating it", self._bucket)
             self._inits.clear()
             await self._store.ensure_bucket(self._bucket)
-            await self._store.put(self._bucket, key, data, content_type=content_type)
+            await self._store.put(self._bucket, key, data, content_type=content_type, sha256=sha256)
 
     async def _put_init(self, key: str, data: bytes) -> None:
         if key in self._inits:
