@@ -9,12 +9,10 @@ queue growing without bound.
 The acks of every stream of a pod arrive on one wildcard inbox subscription (`AckRouter`), each reply subject a
 counter: no future, random token or JSON parse per packet, which nats-py's `publish_async` would cost.
 
-Messages carry no `Nats-Msg-Id` header: building it costs the publisher a header block per access unit and the
-server a de-duplication entry per message (10-12 % of both at 25 cameras), while every packet already carries its
-`(session, seq)`, by which the recorder skips a copy it has seen. A packet whose ack says error or does not come
-within `ack_timeout_s` is sent again, with every packet after it, by `Bus.persist` (waiting for each ack), with a
-back-off, until stored or the stream stops; a packet sent again can land in the stream after later ones, or twice
-(its seq tells the recorder).
+Every message has `Nats-Msg-Id: {session}:{seq}`, so a publish that is sent again after a lost ack is stored once
+(the MEDIA stream's duplicate window). A packet whose ack says error or does not come within `ack_timeout_s` is sent
+again, with every packet after it, by `Bus.persist` (waiting for each ack), with a back-off, until stored or the
+stream stops; a packet sent again can land in the stream after later ones (its seq tells the recorder).
 """
 
 from __future__ import annotations
@@ -168,7 +166,9 @@ class AckWindow:
         self._inflight.append(item)
         reply = self._router.reply_for(item)
         try:
-            await self._bus.nc.publish(item.subject, encode(s.MEDIA, packet), reply=reply)
+            await self._bus.nc.publish(
+                item.subject, encode(s.MEDIA, packet), reply=reply, headers={"Nats-Msg-Id": item.msg_id}
+            )
         except PUBLISH_ERRORS as exc:
             self._failed(item, f"{type(exc).__name__}: {exc}")
             await self._retry_all()
