@@ -10,42 +10,16 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
+from argus_core.bitstream import H264_PPS, H264_SPS, H265_PPS, H265_SPS, H265_VPS, START_CODE, config_record, is_annexb
+from argus_core.bitstream import BitstreamError as BitstreamError
+from argus_core.bitstream import nal_type as nal_type
+from argus_core.bitstream import split_annexb as split_annexb
+
 Codec = Literal["h264", "h265"]
-
-H264_SPS: Final = 7
-H264_PPS: Final = 8
-H265_VPS: Final = 32
-H265_SPS: Final = 33
-H265_PPS: Final = 34
-
-_START = b"\x00\x00\x01"
-
-
-class BitstreamError(ValueError):
-    """A parameter set that cannot be read."""
-
-
-def split_annexb(data: bytes) -> list[bytes]:
-    """The NAL units of an Annex B byte stream, without start codes (trailing zero bytes dropped)."""
-    nals: list[bytes] = []
-    start = data.find(_START)
-    while start >= 0:
-        begin = start + 3
-        nxt = data.find(_START, begin)
-        end = len(data) if nxt < 0 else nxt
-        nal = data[begin:end].rstrip(b"\x00")
-        if nal:
-            nals.append(nal)
-        start = nxt
-    return nals
 
 
 def annexb(nals: tuple[bytes, ...]) -> bytes:
-    return b"".join(b"\x00\x00\x00\x01" + nal for nal in nals)
-
-
-def nal_type(codec: Codec, nal: bytes) -> int:
-    return (nal[0] & 0x1F) if codec == "h264" else ((nal[0] >> 1) & 0x3F)
+    return b"".join(START_CODE + nal for nal in nals)
 
 
 def _parameter_types(codec: Codec) -> tuple[int, ...]:
@@ -66,39 +40,12 @@ def extradata_parameter_sets(codec: Codec, extradata: bytes) -> tuple[bytes, ...
     """Parameter sets carried by a stream's extradata, whether Annex B, avcC or hvcC; () if none are readable."""
     if not extradata:
         return ()
-    if extradata.startswith(_START) or extradata.startswith(b"\x00" + _START):
+    if is_annexb(extradata):
         return parameter_sets(codec, split_annexb(extradata))
     try:
-        return _avcc_parameter_sets(extradata) if codec == "h264" else _hvcc_parameter_sets(extradata)
-    except IndexError:
+        return tuple(config_record(codec, extradata)[1])
+    except BitstreamError:
         return ()
-
-
-def _avcc_parameter_sets(data: bytes) -> tuple[bytes, ...]:
-    out: list[bytes] = []
-    pos = 5
-    for count_mask in (0x1F, 0xFF):
-        count = data[pos] & count_mask
-        pos += 1
-        for _ in range(count):
-            size = int.from_bytes(data[pos : pos + 2], "big")
-            out.append(data[pos + 2 : pos + 2 + size])
-            pos += 2 + size
-    return tuple(out)
-
-
-def _hvcc_parameter_sets(data: bytes) -> tuple[bytes, ...]:
-    out: list[bytes] = []
-    arrays = data[22]
-    pos = 23
-    for _ in range(arrays):
-        count = int.from_bytes(data[pos + 1 : pos + 3], "big")
-        pos += 3
-        for _ in range(count):
-            size = int.from_bytes(data[pos : pos + 2], "big")
-            out.append(data[pos + 2 : pos + 2 + size])
-            pos += 2 + size
-    return tuple(out)
 
 
 def _rbsp(nal: bytes) -> bytes:

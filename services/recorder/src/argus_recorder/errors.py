@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
+from argus_core.bitstream import BitstreamError as BitstreamError
 from argus_core.errors import ArgusError
 
 
 class RecorderError(ArgusError):
     """Base of the recorder's errors."""
-
-
-class BitstreamError(RecorderError):
-    """An access unit or a codec configuration is not the H.264/H.265 framing it claims to be."""
 
 
 class MuxError(RecorderError):

@@ -12,16 +12,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from argus_recorder.errors import BitstreamError
+from argus_core.bitstream import (
+    H264_PPS,
+    H264_SPS,
+    H265_PPS,
+    H265_SPS,
+    H265_VPS,
+    START_CODE,
+    BitstreamError,
+    config_record,
+    is_annexb,
+    iter_length_prefixed,
+    nal_type,
+)
 
-START_CODE = b"\x00\x00\x00\x01"
-
-# NAL unit types that carry parameter sets.
-H264_SPS = 7
-H264_PPS = 8
-H265_VPS = 32
-H265_SPS = 33
-H265_PPS = 34
 H264_AUD = 9
 H265_AUD = 35
 
@@ -33,10 +37,6 @@ class Framing:
     codec: str
     length_size: int  # 0: Annex B; 1, 2 or 4: length-prefixed NAL units
     parameter_sets: bytes  # Annex B, possibly empty
-
-
-def is_annexb(data: bytes) -> bool:
-    return data.startswith(b"\x00\x00\x01") or data.startswith(START_CODE)
 
 
 def iter_annexb(data: bytes) -> Iterator[memoryview]:
@@ -56,30 +56,8 @@ def iter_annexb(data: bytes) -> Iterator[memoryview]:
         pos = nxt
 
 
-def iter_length_prefixed(data: bytes, length_size: int) -> Iterator[memoryview]:
-    view = memoryview(data)
-    pos = 0
-    n = len(data)
-    while pos < n:
-        if pos + length_size > n:
-            raise BitstreamError(f"truncated NAL length at byte {pos} of {n}")
-        size = int.from_bytes(view[pos : pos + length_size], "big")
-        pos += length_size
-        if size == 0 or pos + size > n:
-            raise BitstreamError(f"NAL unit of {size} bytes at byte {pos} overruns the {n}-byte access unit")
-        yield view[pos : pos + size]
-        pos += size
-
-
 def length_prefixed_to_annexb(data: bytes, length_size: int) -> bytes:
     return b"".join(START_CODE + bytes(unit) for unit in iter_length_prefixed(data, length_size))
-
-
-def nal_type(codec: str, unit: memoryview | bytes) -> int:
-    if not unit:
-        return -1
-    first = unit[0]
-    return (first >> 1) & 0x3F if codec == "h265" else first & 0x1F
 
 
 def _parameter_set_types(codec: str) -> frozenset[int]:
@@ -92,57 +70,12 @@ def has_parameter_sets(codec: str, annexb: bytes) -> bool:
     return any(nal_type(codec, unit) == sps for unit in iter_annexb(annexb))
 
 
-def _avcc_parameter_sets(record: bytes) -> tuple[int, list[bytes]]:
-    if len(record) < 7:
-        raise BitstreamError("avcC record shorter than its header")
-    length_size = (record[4] & 0x03) + 1
-    units: list[bytes] = []
-    pos = 5
-    count = record[pos] & 0x1F
-    pos += 1
-    for _ in range(2):
-        for _ in range(count):
-            if pos + 2 > len(record):
-                raise BitstreamError("truncated avcC parameter set")
-            size = int.from_bytes(record[pos : pos + 2], "big")
-            pos += 2
-            units.append(record[pos : pos + size])
-            pos += size
-        if pos >= len(record):
-            break
-        count = record[pos]
-        pos += 1
-    return length_size, units
-
-
-def _hvcc_parameter_sets(record: bytes) -> tuple[int, list[bytes]]:
-    if len(record) < 23:
-        raise BitstreamError("hvcC record shorter than its header")
-    length_size = (record[21] & 0x03) + 1
-    units: list[bytes] = []
-    arrays = record[22]
-    pos = 23
-    for _ in range(arrays):
-        if pos + 3 > len(record):
-            raise BitstreamError("truncated hvcC array")
-        count = int.from_bytes(record[pos + 1 : pos + 3], "big")
-        pos += 3
-        for _ in range(count):
-            if pos + 2 > len(record):
-                raise BitstreamError("truncated hvcC parameter set")
-            size = int.from_bytes(record[pos : pos + 2], "big")
-            pos += 2
-            units.append(record[pos : pos + size])
-            pos += size
-    return length_size, units
-
-
 def framing(codec: str, extradata: bytes) -> Framing:
     """Read a codec configuration's `extradata`: Annex B parameter sets, or an avcC/hvcC record."""
     if not extradata:
         return Framing(codec, 0, b"")
     if extradata[0] == 1:
-        length_size, units = _hvcc_parameter_sets(extradata) if codec == "h265" else _avcc_parameter_sets(extradata)
+        length_size, units = config_record(codec, extradata)
         if length_size not in (1, 2, 4):
             raise BitstreamError(f"NAL length size {length_size} is not 1, 2 or 4")
         return Framing(codec, length_size, b"".join(START_CODE + unit for unit in units if unit))
