@@ -23,7 +23,7 @@ SECRET = "pa:ss@w/rd!%"
 
 def _is_picture_start_key(codec: str, data: bytes) -> bool:
     """Whether the access unit holds an IDR/IRAP picture (what a keyframe flag must mean)."""
-    types = {nal.nal_type(codec, n) for n in nal.split_annexb(data)}  # type: ignore[arg-type]
+    types = {nal.nal_type(codec, n) for n in nal.split_annexb(data)}
     return bool(types & {5}) if codec == "h264" else any(16 <= t <= 23 for t in types)
 
 

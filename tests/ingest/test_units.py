@@ -53,7 +53,7 @@ def encode(codec: str, width: int, height: int, frames: int = 3) -> list[bytes]:
 def test_picture_size_from_the_sps(codec: str, size: tuple[int, int]) -> None:
     units = encode(codec, *size)
     params = nal.parameter_sets(codec, nal.split_annexb(units[0]))  # type: ignore[arg-type]
-    kinds = {nal.nal_type(codec, p) for p in params}  # type: ignore[arg-type]
+    kinds = {nal.nal_type(codec, p) for p in params}
     assert kinds == ({7, 8} if codec == "h264" else {32, 33, 34})
     assert nal.size_from_parameter_sets(codec, params) == size  # type: ignore[arg-type]
     assert nal.extradata_parameter_sets(codec, nal.annexb(params)) == params  # type: ignore[arg-type]
