@@ -11,21 +11,29 @@ from argus_core.bus.subjects import ALL_SUBJECTS, Subject
 
 ACTOR = m.Actor(subject="op-7", roles=("operator",), client="10.0.0.7")
 
+PACKET = m.MediaPacket(
+    camera="cam-1",
+    stream="main",
+    session="s1",
+    seq=41,
+    pts=90000,
+    dts=90000,
+    duration=3600,
+    keyframe=True,
+    capture_ns=1_700_000_000_123_000_000,
+    time_trusted=True,
+    data=bytes(range(256)) * 4,
+    config=m.CodecConfig(codec="h264", width=1280, height=720, extradata=b"\x01\x64\x00\x1f"),
+)
+NEXT = msgspec.structs.replace(
+    PACKET, seq=42, pts=93600, dts=93600, keyframe=False, capture_ns=PACKET.capture_ns + 40_000_000, config=None
+)
+
 SAMPLES: dict[type[msgspec.Struct], msgspec.Struct] = {
-    m.MediaPacket: m.MediaPacket(
-        camera="cam-1",
-        stream="main",
-        session="s1",
-        seq=41,
-        pts=90000,
-        dts=90000,
-        duration=3600,
-        keyframe=True,
-        capture_ns=1_700_000_000_123_000_000,
-        time_trusted=True,
-        data=bytes(range(256)) * 4,
-        config=m.CodecConfig(codec="h264", width=1280, height=720, extradata=b"\x01\x64\x00\x1f"),
-    ),
+    m.MediaPacket: PACKET,
+    m.MediaBatch: m.MediaBatch(camera="cam-1", stream="main", session="s1", packets=(PACKET, NEXT)),
+    m.LiveDemand: m.LiveDemand(camera="cam-1", stream="main", viewer="liveview-0", ttl_s=10.0, catchup=True),
+    m.LiveCatchup: m.LiveCatchup(camera="cam-1", stream="main", pod="ingest-0", session="s1", packets=(PACKET, NEXT)),
     m.CameraStatus: m.CameraStatus(camera="cam-1", state="online", at_ns=1, fps=25.0, clock_offset_ms=-3.5),
     m.CameraChanged: m.CameraChanged(camera="cam-1", change="upsert", at_ns=2),
     m.SegmentRecorded: m.SegmentRecorded(

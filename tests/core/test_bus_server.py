@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import msgspec
+import nats.errors
 import pytest
 from nats.js import api
 
@@ -62,13 +63,16 @@ async def test_persisted_messages_land_in_their_streams_and_duplicates_are_dropp
     bus = await Bus.connect(nats_url, name="t")
     try:
         await bus.ensure(topology())
-        media: Subject[Any] = s.MEDIA
+        media: Subject[Any] = s.RECORD
         ack = await bus.persist(media, SAMPLES[media.type], msg_id="m-1", camera="cam-1", stream="main")
         assert ack.stream == MEDIA_STREAM
         again = await bus.persist(media, SAMPLES[media.type], msg_id="m-1", camera="cam-1", stream="main")
         assert again.duplicate
-        big = msgspec.structs.replace(SAMPLES[media.type], data=b"\x00" * (5 * 1024 * 1024))
+        packet = msgspec.structs.replace(sample(m.MediaPacket), data=b"\x00" * (5 * 1024 * 1024))
+        big = msgspec.structs.replace(sample(m.MediaBatch), packets=(packet,))
         await bus.persist(media, big, camera="cam-1", stream="main")  # a 4K keyframe is several MB
+        with pytest.raises((nats.errors.Error, TimeoutError)):  # live media is never stored
+            await bus.persist(s.MEDIA, sample(m.MediaPacket), ack_timeout_s=1.0, camera="cam-1", stream="main")
         info = await bus.js.stream_info(MEDIA_STREAM)
         assert info.state.messages == 2
         audit: Subject[Any] = s.AUDIT
@@ -101,7 +105,7 @@ async def test_a_changed_declaration_updates_the_existing_stream(nats_url: str) 
     bus = await Bus.connect(nats_url, name="t")
     try:
         await bus.ensure(topology(TopologyOptions(media_max_age_s=60)))
-        await bus.persist(s.MEDIA, sample(m.MediaPacket), camera="cam-1", stream="main")
+        await bus.persist(s.RECORD, sample(m.MediaBatch), camera="cam-1", stream="main")
         await asyncio.gather(
             bus.ensure(topology(TopologyOptions(media_max_age_s=120))),
             bus.ensure(topology(TopologyOptions(media_max_age_s=120))),

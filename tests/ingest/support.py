@@ -72,7 +72,8 @@ async def eventually(
 
 @dataclass
 class Seen:
-    """What arrived on the bus (core subscriptions), in arrival order."""
+    """What arrived on the bus (core subscriptions), in arrival order: the packets of the batches stored for
+    recording (not the live subject, which carries packets only while a live view asks for them)."""
 
     packets: list[m.MediaPacket] = field(default_factory=list)
     statuses: list[m.CameraStatus] = field(default_factory=list)
@@ -171,7 +172,7 @@ class World:
     async def stored(self, camera: str, stream: str = "main") -> list[m.MediaPacket]:
         """Every packet of the camera stream stored in the MEDIA stream, in stream order."""
         sub = await self.bus.js.pull_subscribe(
-            s.MEDIA.format(camera=camera, stream=stream),
+            s.RECORD.format(camera=camera, stream=stream),
             stream=MEDIA_STREAM,
             config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE, deliver_policy=api.DeliverPolicy.ALL),
         )
@@ -182,7 +183,8 @@ class World:
                     msgs = await sub.fetch(512, timeout=1.0)
                 except TimeoutError:  # nats-py raises asyncio's or its own (a subclass)
                     break
-                out.extend(decode(s.MEDIA, msg.data, msg.subject) for msg in msgs)
+                for msg in msgs:
+                    out.extend(decode(s.RECORD, msg.data, msg.subject).packets)
         finally:
             await sub.unsubscribe()
         return out
@@ -196,14 +198,14 @@ async def world(nats_url: str, database_url: str, *, ttl_s: float = 3.0) -> Asyn
     await migrate(db)
     seen = Seen()
 
-    async def on_packet(packet: m.MediaPacket, subject: str) -> None:
-        seen.packets.append(packet)
+    async def on_batch(batch: m.MediaBatch, subject: str) -> None:
+        seen.packets.extend(batch.packets)
 
     async def on_status(status: m.CameraStatus, subject: str) -> None:
         seen.statuses.append(status)
 
     subs = [
-        await bus.subscribe(s.MEDIA, on_packet, pending_msgs_limit=100_000),
+        await bus.subscribe(s.RECORD, on_batch, pending_msgs_limit=100_000),
         await bus.subscribe(s.CAMERA_STATUS, on_status),
     ]
     w = World(nats_url, database_url, bus, db, seen, ttl_s)

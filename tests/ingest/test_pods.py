@@ -163,7 +163,7 @@ async def test_stopped_pod_hands_over_at_once(nats_url: str, database_url: str) 
             assert metrics["argus_ingest_cameras_online"] == 1
             assert metrics["argus_ingest_packets_published_total"] > 25
             assert metrics["argus_ingest_bytes_published_total"] > 100_000
-            assert metrics["argus_ingest_publish_latency_seconds_count"] > 25
+            assert metrics["argus_ingest_publish_latency_seconds_count"] >= 2  # batches (about one a second)
             assert metrics["argus_ingest_lease_changes_total"] >= 3  # took two, handed one over
             victim = next(c for c in cams if c not in w.holders())
             old = w.seen.of(victim)[-1].session

@@ -302,7 +302,8 @@ def test_diagram_parser() -> None:
         ("CAM", "ING"),
         ("API", "PTZSUB"),
         ("PTZSUB", "PTZ"),
-        ("MEDIA", "LIVE"),
+        ("LIVESUB", "LIVE"),
+        ("ING", "LIVESUB"),
         ("ING", "KV"),
         ("RET", "AUDITS"),
     ):

@@ -32,8 +32,11 @@ from tests.simcam.media_env import CameraDef, Env, simcam
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Quick settings for tests: loopback ICE only, short grace and timeouts.
-TEST_SETTINGS = LiveviewSettings(ice_hosts=("127.0.0.1",), idle_grace_s=1.0, viewer_timeout_s=4.0)
+# Quick settings for tests: loopback ICE only, short grace and timeouts. Ingest, liveview and the test share one
+# event loop here, so ingest's catch-up answer may take longer than across processes: it gets 3 s, not 1.
+TEST_SETTINGS = LiveviewSettings(
+    ice_hosts=("127.0.0.1",), idle_grace_s=1.0, viewer_timeout_s=4.0, catchup_timeout_s=3.0
+)
 
 
 @dataclass
@@ -79,12 +82,13 @@ class LiveHandle:
 
 @contextlib.asynccontextmanager
 async def liveview_in_process(
-    nats_url: str, keys: Keys, settings: LiveviewSettings = TEST_SETTINGS
+    nats_url: str, keys: Keys, settings: LiveviewSettings = TEST_SETTINGS, *, pod: str = "liveview-test"
 ) -> AsyncIterator[LiveHandle]:
-    bus = await Bus.connect(nats_url, name="liveview-test")
+    """A liveview in this process; `pod` names it in its live demands (and is its NATS connection's name)."""
+    bus = await Bus.connect(nats_url, name=pod)
     await bus.ensure(topology(TopologyOptions()))
     metrics = Metrics()
-    lv = Liveview(bus, settings, metrics)
+    lv = Liveview(bus, settings, metrics, pod=pod)
     app = build_app(TokenVerifier.from_config(keys.config))
     lv.install(app)
     runner = web.AppRunner(app, access_log=None)

@@ -11,6 +11,7 @@ import av
 import pytest
 from aiortc import RTCPeerConnection
 
+from argus_core.bitstream import split_annexb
 from argus_core.config import load_config
 from argus_core.errors import ConfigError
 from argus_liveview import bitstream
@@ -66,6 +67,21 @@ def test_avcc_becomes_annexb_and_a_bare_keyframe_gets_the_parameter_sets() -> No
     assert bitstream.for_rtp(annexb(IDR), True, params_b) == annexb(SPS, PPS, IDR)
 
 
+def test_the_configuration_not_the_bytes_says_how_units_are_framed() -> None:
+    """A 4-byte length of 256-511 (or of 1) starts like a start code: an avcC stream's unit must still be read as
+    length-prefixed."""
+    params, size = bitstream.config_parameter_sets(avcc_record(SPS, PPS))
+    big = P[:1] + bytes(range(1, 200)) * 2  # a 399-byte slice: its length prefix is 00 00 01 8f
+    tiny = b"\x09"  # an access unit delimiter alone: length 00 00 00 01
+    for unit in (big, tiny + big):
+        data = avcc(*([tiny] if unit is not big else []), big)
+        assert bitstream.is_annexb(data), "the bytes look like Annex B"
+        out = bitstream.for_rtp(data, False, params, size)
+        assert split_annexb(out) == ([tiny] if unit is not big else []) + [big]
+    assert bitstream.config_parameter_sets(annexb(SPS, PPS))[1] == 0
+    assert bitstream.config_parameter_sets(b"") == ((), 0)
+
+
 def test_filler_data_is_left_out_unless_asked_to_keep_it() -> None:
     data = annexb(P, FILLER)
     assert bitstream.for_rtp(data, False) == annexb(P)
@@ -74,7 +90,9 @@ def test_filler_data_is_left_out_unless_asked_to_keep_it() -> None:
 
 def test_broken_access_units_and_configs_are_refused() -> None:
     with pytest.raises(bitstream.BitstreamError):
-        bitstream.for_rtp(b"\x00\x00\x10\x00\x41", False)  # a length that runs past the end
+        bitstream.for_rtp(b"\x00\x00\x10\x00\x41", False, (), 4)  # a length that runs past the end
+    with pytest.raises(bitstream.BitstreamError):
+        bitstream.for_rtp(b"\x41\x9a\x00", False)  # an Annex B stream's unit without a start code
     with pytest.raises(bitstream.BitstreamError):
         bitstream.config_parameter_sets(b"\x07garbage")
     with pytest.raises(bitstream.BitstreamError):
@@ -359,7 +377,9 @@ def test_settings_from_the_environment(tmp_path: object) -> None:
         "ARGUS_LIVEVIEW_ICE_PORT_MAX": "40100",
         "ARGUS_LIVEVIEW_ICE_SERVERS": "stun:stun.example.org:3478",
     }
-    config = load_config(Config, env)
+    config = load_config(Config, {**env, "ARGUS_LIVEVIEW_CATCHUP_TIMEOUT_S": "0", "ARGUS_POD_NAME": "liveview-7"})
+    assert config.pod_name == "liveview-7"  # the name its live demands carry
+    assert (config.liveview.catchup_timeout_s, config.liveview.demand_interval_s) == (0.0, 2.0)
     assert config.liveview.ice_hosts == ("127.0.0.1", "10.0.0.5")
     assert (config.liveview.ice_port_min, config.liveview.ice_port_max) == (40000, 40100)
     assert LiveviewSettings().ice_hosts == ()
@@ -372,6 +392,8 @@ def test_settings_from_the_environment(tmp_path: object) -> None:
         ("ARGUS_LIVEVIEW_ICE_PORT_MIN", "40000"),  # without a maximum
         ("ARGUS_LIVEVIEW_ICE_SERVERS", "http://stun.example.org"),
         ("ARGUS_LIVEVIEW_VIEWER_QUEUE_FRAMES", "1"),
+        ("ARGUS_LIVEVIEW_CATCHUP_TIMEOUT_S", "11"),
+        ("ARGUS_LIVEVIEW_DEMAND_TTL_S", "4"),  # not more than twice the 2 s renewal interval
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(variable: str, value: str) -> None:

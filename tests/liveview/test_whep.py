@@ -79,17 +79,18 @@ async def test_an_aiortc_viewer_gets_every_frame_from_the_latest_keyframe(
         )
 
 
-async def test_the_first_viewer_of_an_unwatched_camera_starts_from_the_stored_gop(
+async def test_the_first_viewer_of_an_unwatched_camera_starts_from_the_ingest_pods_gop(
     nats_url: str, database_url: str, tmp_path: Path
 ) -> None:
-    """Nobody watched the camera: liveview reads its latest keyframe from JetStream instead of waiting up to a GOP
-    (2 s here) for the next one; with that turned off the first picture is one captured after the request."""
+    """Nobody watched the camera: liveview's first demand asks the ingest pod that pulls it for the current GOP so
+    far instead of waiting up to a GOP (2 s here) for the next keyframe; with that turned off the first picture is
+    one captured after the request."""
     keys = make_keys(tmp_path)
     async with camera_stack(nats_url, database_url, keys, ONE):
-        await asyncio.sleep(1.0)  # a GOP stored in the MEDIA stream
-        for bootstrap_s, from_store in ((5.0, True), (0.0, False)):
-            settings = LiveviewSettings(ice_hosts=("127.0.0.1",), bootstrap_s=bootstrap_s)
-            async with liveview_in_process(nats_url, keys, settings) as lv:
+        await asyncio.sleep(1.0)  # well into a GOP
+        for catchup_timeout_s, caught_up in ((1.0, True), (0.0, False)):
+            settings = LiveviewSettings(ice_hosts=("127.0.0.1",), catchup_timeout_s=catchup_timeout_s)
+            async with liveview_in_process(nats_url, keys, settings, pod=f"liveview-{caught_up}") as lv:
                 viewer = WhepViewer(lv.url, "cam1", keys.token(["cam1"]))
                 try:
                     asked = time.time() * 1000
@@ -98,7 +99,7 @@ async def test_the_first_viewer_of_an_unwatched_camera_starts_from_the_stored_go
                 finally:
                     await viewer.close()
             first = viewer.received.codes[0]
-            assert (first < asked) == from_store, (bootstrap_s, asked - first)
+            assert (first < asked) == caught_up, (catchup_timeout_s, asked - first)
             assert set(b - a for a, b in zip(viewer.received.codes, viewer.received.codes[1:], strict=False)) == {40}
 
 

@@ -23,7 +23,9 @@ from av.video.frame import PictureType
 
 from argus_core.bus import Bus
 from argus_core.bus import subjects as s
-from argus_core.bus.messages import Codec, CodecConfig, MediaPacket
+from argus_core.bus.messages import Codec, CodecConfig, MediaBatch, MediaPacket
+from argus_ingest.batch import Batcher
+from argus_ingest.camera import PullSettings
 
 TB = 90_000
 CACHE = Path(tempfile.gettempdir()) / "argus-test-media"
@@ -197,25 +199,62 @@ class Camera:
             yield self.packet()
 
 
+INGEST = PullSettings()  # ingest's default batch limits
+
+
+class Batches:
+    """Packets into `MediaBatch`es by ingest's own rules (`argus_ingest.batch`), a new batch at a session change."""
+
+    def __init__(self) -> None:
+        self._batcher: Batcher | None = None
+
+    def add(self, pkt: MediaPacket) -> list[MediaBatch]:
+        out: list[MediaBatch] = []
+        batcher = self._batcher
+        same = batcher is not None and (batcher.camera, batcher.stream, batcher.session) == (
+            pkt.camera,
+            pkt.stream,
+            pkt.session,
+        )
+        if batcher is None or not same:
+            out.extend(self.flush())
+            batcher = self._batcher = Batcher(
+                pkt.camera, pkt.stream, pkt.session, max_s=INGEST.batch_max_s, max_bytes=INGEST.batch_max_bytes
+            )
+        batch = batcher.add(pkt)
+        if batch is not None:
+            out.append(batch)
+        return out
+
+    def flush(self) -> list[MediaBatch]:
+        rest = self._batcher.take() if self._batcher is not None else None
+        return [rest] if rest is not None else []
+
+
+async def persist(bus: Bus, batch: MediaBatch) -> None:
+    """Store one batch in the MEDIA stream as ingest does (the msg id names the camera too: tests reuse sessions)."""
+    first = batch.packets[0]
+    await bus.persist(
+        s.RECORD,
+        batch,
+        msg_id=f"{batch.camera}.{batch.stream}.{batch.session}.{first.seq}",
+        camera=batch.camera,
+        stream=batch.stream,
+    )
+
+
 async def publish(bus: Bus, packets: list[MediaPacket] | Iterator[MediaPacket], *, sent: list[MediaPacket]) -> None:
-    """Publish to JetStream as ingest does (msg id = session:seq), fast."""
+    """Publish to JetStream in batches as ingest does (the last one whatever it holds), fast."""
+    batches = Batches()
     pending: list[asyncio.Future[object]] = []
     for pkt in packets:
-        pending.append(
-            asyncio.ensure_future(
-                bus.persist(
-                    s.MEDIA,
-                    pkt,
-                    msg_id=f"{pkt.camera}.{pkt.stream}.{pkt.session}.{pkt.seq}",
-                    camera=pkt.camera,
-                    stream=pkt.stream,
-                )
-            )
-        )
         sent.append(pkt)
-        if len(pending) >= 64:
+        for batch in batches.add(pkt):
+            pending.append(asyncio.ensure_future(persist(bus, batch)))
+        if len(pending) >= 16:
             await asyncio.gather(*pending)
             pending.clear()
+    pending.extend(asyncio.ensure_future(persist(bus, batch)) for batch in batches.flush())
     await asyncio.gather(*pending)
 
 
@@ -227,9 +266,11 @@ async def publish_paced(
     speed: float = 1.0,
     before_frame: Callable[[int], object] | None = None,
 ) -> None:
-    """Publish `frames` frames of each camera at `speed` x real time (capture times stay the cameras' own)."""
+    """Publish `frames` frames of each camera at `speed` x real time (capture times stay the cameras' own), each
+    camera's packets in batches as ingest makes them; what a camera's last batch holds at the end is published."""
     fps = cameras[0].clip.fps
     started = time.monotonic()
+    batches = {cam.camera: Batches() for cam in cameras}
     for i in range(frames):
         if before_frame is not None:
             result = before_frame(i)
@@ -240,4 +281,10 @@ async def publish_paced(
         if delay > 0:
             await asyncio.sleep(delay)
         for cam in cameras:
-            await publish(bus, [cam.packet()], sent=cam.sent)
+            pkt = cam.packet()
+            cam.sent.append(pkt)
+            for batch in batches[cam.camera].add(pkt):
+                await persist(bus, batch)
+    for cam in cameras:
+        for batch in batches[cam.camera].flush():
+            await persist(bus, batch)

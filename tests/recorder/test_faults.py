@@ -124,10 +124,10 @@ async def test_faults_are_recorded_as_what_they_are(
     hole.frame += 10
     await publish(bus, hole.packets(110), sent=hole.sent)
 
-    # A message that is not a MediaPacket takes the place of one.
+    # A message that is not a MediaBatch takes the place of one.
     garbage = Camera("garbage", big)
     await publish(bus, garbage.packets(80), sent=garbage.sent)
-    await bus.js.publish(s.MEDIA.format(camera="garbage", stream="main"), b"\x93not a media packet")
+    await bus.js.publish(s.RECORD.format(camera="garbage", stream="main"), b"\x93not a media batch")
     garbage.seq += 1
     garbage.frame += 1
     await publish(bus, garbage.packets(119), sent=garbage.sent)

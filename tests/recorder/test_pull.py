@@ -24,7 +24,7 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
 
 async def publish(bus: Bus, camera: str, first: int, count: int) -> None:
     for i in range(first, first + count):
-        await bus.js.publish(f"argus.media.{camera}.main", str(i).encode())
+        await bus.js.publish(f"argus.record.{camera}.main", str(i).encode())
 
 
 async def test_fetch_takes_what_is_pending_in_order_and_returns_at_once_when_nothing_is(bus: Bus) -> None:
@@ -43,7 +43,7 @@ async def test_fetch_takes_what_is_pending_in_order_and_returns_at_once_when_not
         rest = await pull.fetch(100, 5.0)
         assert [int(m.data) for m in first] == list(range(10))
         assert [int(m.data) for m in rest] == list(range(10, 30))
-        assert {m.subject for m in first + rest} == {"argus.media.cam-p.main"}
+        assert {m.subject for m in first + rest} == {"argus.record.cam-p.main"}
 
         # Acking the newest acknowledges all before it (AckAll): nothing is delivered again.
         await rest[-1].ack_sync()

@@ -1,18 +1,21 @@
 """Pulling one camera stream for as long as this pod holds the camera: connect, publish, report, reconnect.
 
 `StreamPuller.run()` loops over sessions. Each session is one RTSP connection with a new session id: a demux
-thread (`demux.demux_rtsp`) reads access units, the loop turns them into `MediaPacket`s (`session.Session`) and
-publishes them (`publisher.AckWindow`). When the connection ends (the camera closed it, a read stalled, an error)
-the camera is reported offline with the reason and dialled again after an exponential back-off with jitter; a
-session that stayed online for `stable_s` resets the back-off.
+thread (`demux.demux_rtsp`) reads access units, the loop turns them into `MediaPacket`s (`session.Session`),
+gathers them into batches for recording (`batch.Batcher`) and publishes those (`publisher.AckWindow`); each packet
+also goes to the stream's `live.LiveTap`, which keeps the current GOP and publishes it live while watched. When
+the connection ends (the camera closed it, a read stalled, an error) the camera is reported offline with the reason
+and dialled again after an exponential back-off with jitter; a session that stayed online for `stable_s` resets the
+back-off.
 
 The main stream's puller also reports the camera's health (`CameraStatus`): connecting (with the pod it took the
 camera from, on the first session after a takeover), online at the first packet of a session and then every
 `status_interval_s` with frame rate, bitrate, last keyframe and clock offset (and at once when the codec
 configuration changes), offline with the error.
 
-`stop()` ends the current session: no packet is published after it, what was sent is flushed (acks awaited),
-`quiesced` is set (the pod may release the lease now), then the demux thread is joined.
+`stop()` ends the current session: no packet is taken after it, the batch being filled is published and what was
+sent is flushed (acks awaited), `quiesced` is set (the pod may release the lease now), then the demux thread is
+joined.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from argus_core.bus import Bus
-from argus_core.bus.messages import CameraState, CameraStatus, CodecConfig, MediaPacket, StreamName
+from argus_core.bus.messages import CameraState, CameraStatus, CodecConfig, MediaBatch, StreamName
+from argus_ingest.batch import Batcher
 from argus_ingest.demux import Closed, Coalescer, Handoff, Opened, Source, demux_rtsp
+from argus_ingest.live import LiveDemands, LiveTap
 from argus_ingest.metrics import Metrics
 from argus_ingest.publisher import PUBLISH_ERRORS, AckRouter, AckWindow
 from argus_ingest.session import Session, SessionPolicy
@@ -48,7 +53,9 @@ class PullSettings:
     queue_packets: int = 250
     put_wait_s: float = 0.5
     coalesce_s: float = 0.004
-    publish_window: int = 64
+    publish_window: int = 16
+    batch_max_s: float = 1.0
+    batch_max_bytes: int = 4 * 1024 * 1024
     ack_timeout_s: float = 5.0
     flush_timeout_s: float = 5.0
     session: SessionPolicy = field(default_factory=SessionPolicy)
@@ -104,6 +111,7 @@ class StreamPuller:
         status: StatusReporter | None,
         takeover: Takeover | None = None,
         coalescer: Coalescer | None = None,
+        live: LiveDemands | None = None,
     ) -> None:
         self.bus = bus
         self.router = router
@@ -116,6 +124,8 @@ class StreamPuller:
         self._status = status  # None: this stream does not report the camera's health
         self._takeover = takeover or Takeover()
         self._coalescer = coalescer
+        self._live = live
+        self._tap: LiveTap | None = None
         self._stopping = False
         self._handoff: Handoff | None = None
         self._window: AckWindow | None = None
@@ -168,6 +178,8 @@ class StreamPuller:
         rng = random.Random()
         if not self._stopping:
             self.quiesced.clear()  # a restart after a failure: publishing again until stopped
+        if self._live is not None and self._tap is None:
+            self._tap = self._live.tap(self.camera, self.stream)
         try:
             while not self._stopping:
                 outcome = await self._run_session()
@@ -191,6 +203,9 @@ class StreamPuller:
                 except TimeoutError:
                     pass
         finally:
+            if self._live is not None and self._tap is not None:
+                self._live.untap(self._tap)
+                self._tap = None
             self.quiesced.set()
 
     async def _run_session(self) -> _Outcome:
@@ -224,6 +239,16 @@ class StreamPuller:
         )
         if self._stop_requested():
             window.stop_retrying()
+        batcher = Batcher(
+            self.camera,
+            self.stream,
+            session_id,
+            max_s=settings.batch_max_s,
+            max_bytes=settings.batch_max_bytes,
+        )
+        tap = self._tap
+        if tap is not None:
+            tap.reset(session_id)
         stopped = threading.Event()
         thread = threading.Thread(
             target=demux_rtsp,
@@ -257,7 +282,11 @@ class StreamPuller:
                 for packet in current.push(item):
                     if self._stop_requested():
                         break
-                    await window.publish(packet)
+                    if tap is not None and tap.keep(packet):  # no coroutine per packet of an unwatched camera
+                        await tap.publish(packet)
+                    batch = batcher.add(packet)
+                    if batch is not None:
+                        await window.publish(batch)
                     stats.packets += 1
                     stats.bytes += len(packet.data)
                     if online_at is None:
@@ -283,12 +312,17 @@ class StreamPuller:
             self._handoff = None
             handoff.close()
             session = self.session
-            if session is not None and not closed_by_us and not self._stop_requested():
-                try:
+            try:
+                if session is not None and not closed_by_us and not self._stop_requested():
                     for packet in session.finish():
-                        await window.publish(packet)
-                except PUBLISH_ERRORS:
-                    pass
+                        batch = batcher.add(packet)
+                        if batch is not None:
+                            await window.publish(batch)
+                rest = batcher.take()
+                if rest is not None:
+                    await window.publish(rest)
+            except PUBLISH_ERRORS:
+                pass
             abandoned = await window.flush(settings.flush_timeout_s)
             if abandoned:
                 self.metrics.publish_failures.inc(abandoned)
@@ -317,9 +351,9 @@ class StreamPuller:
 
     # --- accounting -----------------------------------------------------------------------------------------------
 
-    def _stored(self, packet: MediaPacket, seconds: float) -> None:
-        self._stored_packets += 1
-        self._stored_bytes += len(packet.data)
+    def _stored(self, batch: MediaBatch, seconds: float) -> None:
+        self._stored_packets += len(batch.packets)
+        self._stored_bytes += sum(len(packet.data) for packet in batch.packets)
         self.metrics.publish_latency.observe(seconds)
         if self._stored_packets >= 250:
             self._flush_stored()

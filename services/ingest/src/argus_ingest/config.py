@@ -44,8 +44,12 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
     # Packets from all cameras reach the event loop in batches gathered over this long (fewer wake-ups and socket
     # writes; 0: each packet at once).
     coalesce_ms: Annotated[float, msgspec.Meta(ge=0, le=100)] = 4.0
-    # Publishes in flight per stream (not yet acknowledged by JetStream), and how long an ack may take.
-    publish_window: Annotated[int, msgspec.Meta(ge=1, le=4000)] = 64
+    # Packets are stored for recording in batches (one JetStream message each) that end right after a keyframe,
+    # or when their first packet is batch_max_ms old, or at batch_max_bytes (under the server's max_payload).
+    batch_max_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 1000.0
+    batch_max_bytes: Annotated[int, msgspec.Meta(ge=1, le=8 * 1024 * 1024)] = 4 * 1024 * 1024
+    # Batches in flight per stream (not yet acknowledged by JetStream), and how long an ack may take.
+    publish_window: Annotated[int, msgspec.Meta(ge=1, le=4000)] = 16
     ack_timeout_s: Seconds = 5.0
     flush_timeout_s: Seconds = 5.0
     # A camera clock (RTCP) further from ours than this is not trusted; capture times then come from ours.
@@ -63,6 +67,8 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
             queue_packets=self.queue_packets,
             coalesce_s=self.coalesce_ms / 1000,
             publish_window=self.publish_window,
+            batch_max_s=self.batch_max_ms / 1000,
+            batch_max_bytes=self.batch_max_bytes,
             ack_timeout_s=self.ack_timeout_s,
             flush_timeout_s=self.flush_timeout_s,
             session=SessionPolicy(

@@ -26,7 +26,7 @@ class Metrics:
         )
         self.publish_latency = Histogram(
             "argus_ingest_publish_latency_seconds",
-            "time from handing a packet to NATS until JetStream acknowledged it",
+            "time from handing a batch of packets to NATS until JetStream acknowledged it",
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )

@@ -38,6 +38,7 @@ from argus_ingest.camera import PullSettings, StreamPuller, Takeover
 from argus_ingest.config import IngestSettings
 from argus_ingest.demux import Coalescer
 from argus_ingest.leases import KV_ERRORS, Acquired, LeaseTable, plan
+from argus_ingest.live import LiveDemands
 from argus_ingest.metrics import Metrics
 from argus_ingest.publisher import AckRouter
 from argus_ingest.register import CameraRow, Register
@@ -78,6 +79,7 @@ class IngestPod:
         self.leases: LeaseTable | None = None
         self.status: StatusReporter | None = None
         self.router = AckRouter(bus)
+        self.live = LiveDemands(bus, pod)
         self._coalescer: Coalescer | None = None
         self._slots: dict[str, _Slot] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -120,6 +122,7 @@ class IngestPod:
         leases.changed = self._wake
         self.status = StatusReporter(self.bus, await js.key_value(CAMERA_STATUS_BUCKET))
         await self.router.start()
+        await self.live.start()
         self._coalescer = Coalescer(asyncio.get_running_loop(), self.pull.coalesce_s)
         changes = await self.bus.subscribe(s.CAMERA_CHANGED, self._camera_changed)
         try:
@@ -146,6 +149,7 @@ class IngestPod:
             with contextlib.suppress(*KV_ERRORS):
                 await changes.unsubscribe()
             await self.router.close()
+            await self.live.close()
             self.metrics.cameras_held.set(0)
             self.metrics.cameras_online.set(0)
 
@@ -294,6 +298,7 @@ class IngestPod:
                     status=self.status if not pullers else None,
                     takeover=takeover,
                     coalescer=self._coalescer,
+                    live=self.live,
                 )
             )
         task = self._tg.create_task(self._run_pullers(pullers), name=f"ingest.camera.{row.id}")

@@ -1,18 +1,18 @@
-"""Pipelined JetStream publishing of one camera stream's packets, in order, with a bounded window of pending acks.
+"""Pipelined JetStream publishing of one camera stream's batches, in order, with a bounded window of pending acks.
 
-nats-py's `js.publish` (and so `Bus.persist`) waits for each ack: one round trip per access unit. Here a packet is
+nats-py's `js.publish` (and so `Bus.persist`) waits for each ack: one round trip per message. Here a batch is
 published with a reply subject and the next one goes out at once; JetStream's ack comes back on that subject. At
-most `window` packets of a stream wait for their ack; the next publish waits for the oldest when the window is
+most `window` batches of a stream wait for their ack; the next publish waits for the oldest when the window is
 full, which is how a slow server slows ingest down (the demux thread then drops, see `demux.Handoff`) instead of a
 queue growing without bound.
 
 The acks of every stream of a pod arrive on one wildcard inbox subscription (`AckRouter`), each reply subject a
-counter: no future, random token or JSON parse per packet, which nats-py's `publish_async` would cost.
+counter: no future, random token or JSON parse per message, which nats-py's `publish_async` would cost.
 
-Every message has `Nats-Msg-Id: {session}:{seq}`, so a publish that is sent again after a lost ack is stored once
-(the MEDIA stream's duplicate window). A packet whose ack says error or does not come within `ack_timeout_s` is sent
-again, with every packet after it, by `Bus.persist` (waiting for each ack), with a back-off, until stored or the
-stream stops; a packet sent again can land in the stream after later ones (its seq tells the recorder).
+Every message has `Nats-Msg-Id: {session}:{first seq}`, so a publish that is sent again after a lost ack is stored
+once (the MEDIA stream's duplicate window). A batch whose ack says error or does not come within `ack_timeout_s` is
+sent again, with every batch after it, by `Bus.persist` (waiting for each ack), with a back-off, until stored or
+the stream stops; a batch sent again can land in the stream after later ones (its seqs tell the recorder).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from nats.aio.subscription import Subscription
 from argus_core.bus import Bus
 from argus_core.bus import subjects as s
 from argus_core.bus.codec import encode
-from argus_core.bus.messages import MediaPacket
+from argus_core.bus.messages import MediaBatch
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,14 @@ _RETRY_MAX_S = 5.0
 # Everything a publish to JetStream can fail with, short of a bug.
 PUBLISH_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, TimeoutError, OSError)
 
-StoredCallback = Callable[[MediaPacket, float], None]  # (packet, seconds from send to ack)
+StoredCallback = Callable[[MediaBatch, float], None]  # (batch, seconds from send to ack)
 
 _PENDING, _STORED, _FAILED = 0, 1, 2
 
 
 @dataclass(slots=True)
 class _InFlight:
-    packet: MediaPacket
+    batch: MediaBatch
     subject: str
     msg_id: str
     sent: float
@@ -152,14 +152,14 @@ class AckWindow:
         else:
             item.state = _STORED
             if self._on_stored is not None:
-                self._on_stored(item.packet, time.monotonic() - item.sent)
+                self._on_stored(item.batch, time.monotonic() - item.sent)
         self._progress.set()
 
-    async def publish(self, packet: MediaPacket) -> None:
-        if self._subject_of != (packet.camera, packet.stream):
-            self._subject_of = (packet.camera, packet.stream)
-            self._subject = s.MEDIA.format(camera=packet.camera, stream=packet.stream)
-        item = _InFlight(packet, self._subject, f"{packet.session}:{packet.seq}", time.monotonic(), self)
+    async def publish(self, batch: MediaBatch) -> None:
+        if self._subject_of != (batch.camera, batch.stream):
+            self._subject_of = (batch.camera, batch.stream)
+            self._subject = s.RECORD.format(camera=batch.camera, stream=batch.stream)
+        item = _InFlight(batch, self._subject, f"{batch.session}:{batch.packets[0].seq}", time.monotonic(), self)
         self._reap()
         while len(self._inflight) >= self._window:
             await self._settle_oldest()
@@ -167,15 +167,15 @@ class AckWindow:
         reply = self._router.reply_for(item)
         try:
             await self._bus.nc.publish(
-                item.subject, encode(s.MEDIA, packet), reply=reply, headers={"Nats-Msg-Id": item.msg_id}
+                item.subject, encode(s.RECORD, batch), reply=reply, headers={"Nats-Msg-Id": item.msg_id}
             )
         except PUBLISH_ERRORS as exc:
             self._failed(item, f"{type(exc).__name__}: {exc}")
             await self._retry_all()
 
     async def flush(self, timeout_s: float) -> int:
-        """Wait until every packet is stored (retrying what fails) or `timeout_s` passed; returns how many were
-        given up."""
+        """Wait until every batch is stored (retrying what fails) or `timeout_s` passed; returns how many packets
+        were given up."""
         try:
             async with asyncio.timeout(timeout_s):
                 while self._inflight:
@@ -185,13 +185,13 @@ class AckWindow:
         return self.abandon()
 
     def abandon(self) -> int:
-        """Give up on every pending packet; returns how many."""
+        """Give up on every pending batch; returns how many packets they held."""
         count = 0
         while self._inflight:
             item = self._inflight.popleft()
             self._router.forget(item)
             if item.state != _STORED:
-                count += 1
+                count += len(item.batch.packets)
         if count:
             self.abandoned += count
             log.warning("gave up %d unacknowledged packet(s)", count)
@@ -200,7 +200,7 @@ class AckWindow:
     # --- internals ----------------------------------------------------------------------------------------------
 
     def _reap(self) -> None:
-        """Drop stored packets from the head of the window (never waits)."""
+        """Drop stored batches from the head of the window (never waits)."""
         inflight = self._inflight
         while inflight and inflight[0].state == _STORED:
             inflight.popleft()
@@ -228,12 +228,12 @@ class AckWindow:
 
     def _failed(self, item: _InFlight, text: str) -> None:
         message = f"publish of {item.msg_id} failed: {text}"
-        log.warning("%s", message, extra={"camera": item.packet.camera})
+        log.warning("%s", message, extra={"camera": item.batch.camera})
         if self._on_failure is not None:
             self._on_failure(message)
 
     async def _retry_all(self) -> None:
-        """Send every packet not yet stored again, in order, each until stored (duplicates are dropped by the
+        """Send every batch not yet stored again, in order, each until stored (duplicates are dropped by the
         server)."""
         for item in list(self._inflight):
             if item.state == _STORED:
@@ -248,12 +248,12 @@ class AckWindow:
             self.retries += 1
             try:
                 await self._bus.persist(
-                    s.MEDIA,
-                    item.packet,
+                    s.RECORD,
+                    item.batch,
                     msg_id=item.msg_id,
                     ack_timeout_s=self._ack_timeout_s,
-                    camera=item.packet.camera,
-                    stream=item.packet.stream,
+                    camera=item.batch.camera,
+                    stream=item.batch.stream,
                 )
             except PUBLISH_ERRORS as exc:
                 self._failed(item, f"{type(exc).__name__}: {exc}")
@@ -264,5 +264,5 @@ class AckWindow:
                 continue
             item.state = _STORED
             if self._on_stored is not None:
-                self._on_stored(item.packet, time.monotonic() - item.sent)
+                self._on_stored(item.batch, time.monotonic() - item.sent)
             return

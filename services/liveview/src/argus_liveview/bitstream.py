@@ -21,11 +21,12 @@ NAL_FILLER: Final = 12
 
 
 def config_parameter_sets(extradata: bytes) -> tuple[tuple[bytes, ...], int]:
-    """(SPS and PPS NAL units, AVCC length size) of a stream's extradata, Annex B or avcC; ((), 4) if none."""
+    """(SPS and PPS NAL units, NAL length size) of a stream's extradata: an avcC record's length size, or 0 when
+    the extradata is Annex B or empty (the stream's access units are Annex B then)."""
     if not extradata:
-        return (), 4
+        return (), 0
     if is_annexb(extradata):
-        return tuple(n for n in split_annexb(extradata) if nal_type("h264", n) in (NAL_SPS, NAL_PPS)), 4
+        return tuple(n for n in split_annexb(extradata) if nal_type("h264", n) in (NAL_SPS, NAL_PPS)), 0
     if extradata[0] != 1:
         raise BitstreamError("extradata is neither Annex B nor an avcC record")
     length_size, units = config_record("h264", extradata)
@@ -38,14 +39,29 @@ def for_rtp(
     data: bytes,
     keyframe: bool,
     parameter_sets: tuple[bytes, ...] = (),
-    length_size: int = 4,
+    length_size: int = 0,
     *,
     strip_filler: bool = True,
 ) -> bytes:
     """The access unit in Annex B, filler data removed (unless `strip_filler` is false), with `parameter_sets` in
-    front of a keyframe that lacks an SPS or a PPS. Returns `data` itself when nothing needs changing."""
-    annexb = is_annexb(data)
-    nals = split_annexb(data) if annexb else split_length_prefixed(data, length_size)
+    front of a keyframe that lacks an SPS or a PPS. Returns `data` itself when nothing needs changing.
+
+    `length_size` is the stream's framing from its configuration: an avcC record's NAL length size, 0 for Annex B.
+    The bytes cannot tell (a 4-byte length of 256-511, or of 1, starts like a start code); a unit that does not
+    parse as length-prefixed but starts with a start code is taken as Annex B, as some sources mix them."""
+    annexb = not length_size
+    if annexb:
+        if not is_annexb(data):
+            raise BitstreamError("the access unit does not start with a start code (the stream is Annex B)")
+        nals = split_annexb(data)
+    else:
+        try:
+            nals = split_length_prefixed(data, length_size)
+        except BitstreamError:
+            if not is_annexb(data):
+                raise
+            annexb = True
+            nals = split_annexb(data)
     types = [nal_type("h264", n) for n in nals]
     missing = keyframe and bool(parameter_sets) and not (NAL_SPS in types and NAL_PPS in types)
     filler = strip_filler and NAL_FILLER in types

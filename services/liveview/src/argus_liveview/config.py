@@ -41,9 +41,14 @@ class LiveviewSettings(msgspec.Struct, frozen=True, kw_only=True):
     gop_max_frames: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 300
     gop_max_bytes: Annotated[int, msgspec.Meta(ge=65_536, le=256 * 1024 * 1024)] = 16 * 1024 * 1024
     idle_grace_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
-    # The first viewer of an unwatched camera starts from the latest keyframe stored in the MEDIA stream within
-    # this many seconds (0: wait for the next live keyframe).
-    bootstrap_s: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
+    # Ingest publishes a camera stream live only while a live view pod demands it: a watched camera's demand is
+    # renewed every demand_interval_s and holds for demand_ttl_s (more than two intervals, so that one lost renewal
+    # does not stop the stream). The first demand asks the pulling ingest pod for the current GOP so far and waits
+    # up to catchup_timeout_s for it, so that the first viewer starts at once (0: do not ask; it waits for the next
+    # live keyframe).
+    catchup_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=10)] = 1.0
+    demand_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+    demand_ttl_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
     # Frames that reach a viewer late (its GOP start, or after a stall) are sent at up to this many times real
     # time, their timestamps compressed, so that the player catches up to live instead of lagging by a GOP.
     catchup_speed: Annotated[float, msgspec.Meta(ge=1, le=100)] = 8.0
@@ -75,6 +80,11 @@ class LiveviewSettings(msgspec.Struct, frozen=True, kw_only=True):
         for url in self.ice_servers:
             if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
                 raise ValueError(f"ice_servers: {url!r} is not a stun: or turn: URL")
+        if self.demand_ttl_s <= 2 * self.demand_interval_s:
+            raise ValueError(
+                f"demand_ttl_s ({self.demand_ttl_s:g}) must be more than twice demand_interval_s "
+                f"({self.demand_interval_s:g})"
+            )
 
 
 class Config(RuntimeConfig, frozen=True, kw_only=True):

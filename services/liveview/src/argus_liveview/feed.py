@@ -7,41 +7,42 @@ within an ingest session, or a bus that dropped messages for a slow consumer) vo
 viewer wait for the next keyframe; a new ingest session (`MediaPacket.session`) is a new stream for the decoder,
 which starts at its first keyframe anyway.
 
-When a feed starts, its first viewer need not wait a GOP for a keyframe: the feed subscribes, then reads the last
-`bootstrap_s` seconds of the stream from JetStream (the MEDIA stream keeps every packet ingest publishes) and
-starts from the latest keyframe there, joined without a gap or a repeat to what the subscription received meanwhile.
+Ingest publishes a camera stream on its live subject only while some live view pod asks for it: a feed sends a
+`LiveDemand` (`argus.live.demand.{camera}.{stream}`, naming this pod as `viewer`) when it starts, renews it every
+`demand_interval_s` for `demand_ttl_s` while it is open, and withdraws it (`ttl_s=0`) when it closes; ingest stops
+publishing once no pod's demand holds. So that the first viewer need not wait a GOP for a keyframe, the first
+demand is a request with `catchup`: the ingest pod that pulls the camera answers with a `LiveCatchup`, the packets
+of the current GOP from its keyframe up to the last one it published, and publishes live from then on. The feed
+subscribes before it asks, takes the catch-up first and then what the subscription received meanwhile (a packet
+that came both ways is taken once). No answer within `catchup_timeout_s` (no pod pulls the camera yet), or an empty
+one: the first viewer waits for the next live keyframe, and the demand still stands, so packets flow as soon as a
+pod takes the camera.
 
 `FeedHub` owns the feeds: `acquire()` returns the running feed of a camera stream (starting it if needed) and
-`release()` hands it back; a feed nobody holds is unsubscribed after `idle_grace_s`, so a viewer that reloads its
-page finds it still warm.
+`release()` hands it back; a feed nobody holds is unsubscribed (and its demand withdrawn) after `idle_grace_s`, so
+a viewer that reloads its page finds it still warm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 
 import nats.errors
 from nats.aio.subscription import Subscription
-from nats.js import api
 
 from argus_core.bus import Bus
 from argus_core.bus import messages as m
 from argus_core.bus import subjects as s
-from argus_core.bus.codec import DecodeError, decode
-from argus_core.bus.jetstream import MEDIA_STREAM
+from argus_core.bus.codec import DecodeError
 from argus_liveview import bitstream
 from argus_liveview.config import LiveviewSettings
 from argus_liveview.metrics import Metrics
 from argus_liveview.viewer import Frame, ViewerQueue
 
 log = logging.getLogger(__name__)
-
-_BOOTSTRAP_BATCH = 256
-_BOOTSTRAP_FETCH_S = 0.5
 
 
 class FeedError(Exception):
@@ -52,10 +53,18 @@ class CameraFeed:
     """One camera stream's live frames, its current GOP and the queues of its viewers."""
 
     def __init__(
-        self, bus: Bus, camera: str, stream: m.StreamName, settings: LiveviewSettings, metrics: Metrics
+        self,
+        bus: Bus,
+        camera: str,
+        stream: m.StreamName,
+        settings: LiveviewSettings,
+        metrics: Metrics,
+        *,
+        viewer: str,
     ) -> None:
         self.camera = camera
         self.stream = stream
+        self.viewer = viewer  # this pod's name in its demands
         self._bus = bus
         self._settings = settings
         self._metrics = metrics
@@ -64,9 +73,11 @@ class CameraFeed:
         self._gop: list[Frame] = []
         self._gop_bytes = 0
         self._last: tuple[str, int] | None = None
-        self._buffer: list[tuple[m.MediaPacket, float]] | None = None  # live packets held while the bootstrap runs
+        self._buffer: list[tuple[m.MediaPacket, float]] | None = None  # live packets held while catching up
+        self._renewal: asyncio.Task[None] | None = None
+        self._demanded = False
         self._params: tuple[bytes, ...] = ()
-        self._length_size = 4
+        self._length_size = 0
         self._bad_warned = False
         self.config: m.CodecConfig | None = None
         self.users = 0
@@ -93,7 +104,8 @@ class CameraFeed:
     # --- lifecycle -------------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe, then catch up from JetStream; `started` is set either way."""
+        """Subscribe, ask ingest for the stream (with the current GOP so far), and keep asking while open; `started`
+        is set either way."""
         try:
             self._buffer = []
             self._sub = await self._bus.subscribe(
@@ -103,21 +115,19 @@ class CameraFeed:
                 camera=self.camera,
                 stream=self.stream,
             )
-            history: list[tuple[m.MediaPacket, float]] = []
-            if self._settings.bootstrap_s > 0:
+            catchup: list[tuple[m.MediaPacket, float]] = []
+            if self._settings.catchup_timeout_s > 0:
+                catchup = await self._catchup()
+            else:
                 try:
-                    history = await self._history()
-                except (nats.errors.Error, TimeoutError) as exc:
-                    log.info(
-                        "no JetStream history for %s/%s (%s): the first viewer waits for a live keyframe",
-                        self.camera,
-                        self.stream,
-                        exc or type(exc).__name__,
-                        extra={"camera": self.camera, "stream": self.stream},
-                    )
+                    await self._demand(self._settings.demand_ttl_s)
+                except nats.errors.Error as exc:
+                    self._demand_failed(exc)
+            if not self.closed:
+                self._renewal = asyncio.create_task(self._renew(), name=f"liveview.demand.{self.camera}.{self.stream}")
             buffered, self._buffer = self._buffer, None
-            # History first, then what arrived live meanwhile; `_accept` drops what both hold and notices a gap.
-            for packet, arrived in [*history, *buffered]:
+            # The catch-up first, then what arrived live meanwhile; `_accept` drops what both hold and notices a gap.
+            for packet, arrived in [*catchup, *buffered]:
                 self._accept(packet, arrived)
         finally:
             self._buffer = None
@@ -131,10 +141,26 @@ class CameraFeed:
             viewer.close()
         self._viewers.clear()
         self._gop.clear()
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        renewal, self._renewal = self._renewal, None
+        try:
+            if renewal is not None:
+                renewal.cancel()
+                try:
+                    await renewal
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+        finally:
+            sub, self._sub = self._sub, None
+            if sub is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+            if self._demanded:
+                # Withdrawn at once rather than left to run out; best effort (on a closed or draining connection the
+                # demand runs out on its own within `demand_ttl_s`).
+                with contextlib.suppress(nats.errors.Error):
+                    await self._demand(0.0)
 
     # --- viewers ---------------------------------------------------------------------------------------------------
 
@@ -208,7 +234,7 @@ class CameraFeed:
 
     def _configure(self, config: m.CodecConfig) -> None:
         self.config = config
-        self._params, self._length_size = (), 4
+        self._params, self._length_size = (), 0
         if config.codec == "h264":
             try:
                 self._params, self._length_size = bitstream.config_parameter_sets(config.extradata)
@@ -237,59 +263,99 @@ class CameraFeed:
         for viewer in self._viewers:
             viewer.hole()
 
-    # --- bootstrap -------------------------------------------------------------------------------------------------
+    # --- demand ----------------------------------------------------------------------------------------------------
 
-    async def _history(self) -> list[tuple[m.MediaPacket, float]]:
-        """The last `bootstrap_s` seconds of the stream in JetStream from its latest keyframe, each packet with the
-        loop time it reached the bus (JetStream's own timestamp), so that a viewer knows how late it is."""
-        since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=self._settings.bootstrap_s)
-        sub = await self._bus.js.pull_subscribe(
-            s.MEDIA.format(camera=self.camera, stream=self.stream),
-            stream=MEDIA_STREAM,
-            config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.NONE,
-                deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                opt_start_time=since,
-                inactive_threshold=30.0,
-                mem_storage=True,
-            ),
+    def _demand_message(self, ttl_s: float, *, catchup: bool = False) -> m.LiveDemand:
+        return m.LiveDemand(camera=self.camera, stream=self.stream, viewer=self.viewer, ttl_s=ttl_s, catchup=catchup)
+
+    async def _demand(self, ttl_s: float) -> None:
+        self._demanded = True
+        await self._bus.publish(s.LIVE_DEMAND, self._demand_message(ttl_s), camera=self.camera, stream=self.stream)
+
+    async def _renew(self) -> None:
+        """Renew the demand every `demand_interval_s` while the feed is open; a failed renewal is tried again at the
+        next interval (the demand outlives two missed ones)."""
+        while True:
+            await asyncio.sleep(self._settings.demand_interval_s)
+            try:
+                await self._demand(self._settings.demand_ttl_s)
+            except nats.errors.Error as exc:
+                self._demand_failed(exc)
+
+    def _demand_failed(self, exc: nats.errors.Error) -> None:
+        log.debug(
+            "%s/%s: demand not sent (%s), trying again in %.1f s",
+            self.camera,
+            self.stream,
+            exc or type(exc).__name__,
+            self._settings.demand_interval_s,
+            extra={"camera": self.camera, "stream": self.stream},
         )
-        packets: list[tuple[m.MediaPacket, float]] = []
+
+    async def _catchup(self) -> list[tuple[m.MediaPacket, float]]:
+        """Demand the stream with a catch-up: the pulling ingest pod's current GOP from its keyframe, each packet with
+        the loop time it would have arrived live (so that a viewer knows how late it is); empty if there is none."""
+        demand = self._demand_message(self._settings.demand_ttl_s, catchup=True)
+        self._demanded = True
         try:
-            while True:
-                try:
-                    msgs = await sub.fetch(_BOOTSTRAP_BATCH, timeout=_BOOTSTRAP_FETCH_S)
-                except TimeoutError:  # nothing (more) stored
-                    break
-                loop_now = asyncio.get_running_loop().time()
-                wall_now = time.time()
-                for msg in msgs:
-                    try:
-                        packet = decode(s.MEDIA, msg.data, msg.subject)
-                    except DecodeError as exc:
-                        log.warning("%s", exc)
-                        continue
-                    if packet.keyframe:
-                        packets.clear()
-                    if packets or packet.keyframe:
-                        stored = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else wall_now
-                        packets.append((packet, loop_now - max(0.0, wall_now - stored)))
-                if not msgs or msgs[-1].metadata.num_pending == 0:
-                    break
-        finally:
-            with contextlib.suppress(nats.errors.Error):
-                info = await sub.consumer_info()
-                await self._bus.js.delete_consumer(MEDIA_STREAM, info.name)
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-        return packets
+            reply = await self._bus.request(
+                s.LIVE_DEMAND,
+                demand,
+                s.LIVE_CATCHUP,
+                reply_timeout_s=self._settings.catchup_timeout_s,
+                camera=self.camera,
+                stream=self.stream,
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            # No responders, a timeout: no ingest pod pulls the camera yet; the demand stands all the same.
+            log.info(
+                "no catch-up for %s/%s (%s): the first viewer waits for a live keyframe",
+                self.camera,
+                self.stream,
+                exc or type(exc).__name__,
+                extra={"camera": self.camera, "stream": self.stream},
+            )
+            return []
+        except DecodeError as exc:
+            log.warning(
+                "%s/%s: unreadable catch-up (%s): the first viewer waits for a live keyframe",
+                self.camera,
+                self.stream,
+                exc,
+                extra={"camera": self.camera, "stream": self.stream},
+            )
+            return []
+        packets = list(reply.packets)
+        first_key = next((i for i, packet in enumerate(packets) if packet.keyframe), len(packets))
+        packets = packets[first_key:]  # from a keyframe, as promised; what comes before one is of no use
+        if not packets:
+            log.info(
+                "%s/%s: ingest pod %s has no GOP to give: the first viewer waits for a live keyframe",
+                self.camera,
+                self.stream,
+                reply.pod or "?",
+                extra={"camera": self.camera, "stream": self.stream},
+            )
+            return []
+        loop_now = asyncio.get_running_loop().time()
+        wall_now = time.time()
+        log.debug(
+            "%s/%s: caught up with %d packets from ingest pod %s",
+            self.camera,
+            self.stream,
+            len(packets),
+            reply.pod,
+            extra={"camera": self.camera, "stream": self.stream},
+        )
+        return [(packet, loop_now - max(0.0, wall_now - packet.capture_ns / 1e9)) for packet in packets]
 
 
 class FeedHub:
     """The running feeds of this process, by (camera, stream); unwatched feeds stop after a grace period."""
 
-    def __init__(self, bus: Bus, settings: LiveviewSettings, metrics: Metrics) -> None:
+    def __init__(self, bus: Bus, settings: LiveviewSettings, metrics: Metrics, *, viewer: str) -> None:
         self._bus = bus
+        self._viewer = viewer
         self._settings = settings
         self._metrics = metrics
         self._feeds: dict[tuple[str, m.StreamName], CameraFeed] = {}
@@ -310,7 +376,7 @@ class FeedHub:
         key = (camera, stream)
         feed = self._feeds.get(key)
         if feed is None:
-            feed = CameraFeed(self._bus, camera, stream, self._settings, self._metrics)
+            feed = CameraFeed(self._bus, camera, stream, self._settings, self._metrics, viewer=self._viewer)
             self._feeds[key] = feed
             self._starting[feed] = asyncio.create_task(feed.start(), name=f"liveview.feed.{camera}.{stream}")
             self._metrics.feeds.set(len(self._feeds))

@@ -1,12 +1,14 @@
 """The liveview service: live video from the bus to browsers over WebRTC (WHEP), H.264 passed through untouched.
 
-    ingest -> argus.media.{camera}.{stream} (core NATS) -> FeedHub: one subscription and GOP per watched camera
+    ingest -> argus.media.{camera}.{stream} (core NATS, published while a live view pod's LiveDemand holds)
+           -> FeedHub: one subscription, demand and GOP per watched camera
            -> ViewerQueue per viewer (bounded; a slow viewer skips to the next keyframe)
            -> PassthroughTrack.recv() -> aiortc's RTP packetiser, SRTP -> the viewer's browser
 
 `build_app()` gives the HTTP side (WHEP and the page, behind token auth); `run(config)` wraps it in the runtime:
 health, readiness, metrics, and a staged stop: new sessions are refused at once (STOP_INTAKE), open sessions are
-closed with their end audited (FINISH_INFLIGHT), then the feeds are unsubscribed and NATS drained.
+closed with their end audited (FINISH_INFLIGHT), then the feeds are unsubscribed (their demands withdrawn) and NATS
+drained.
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ SERVICE = "liveview"
 
 
 class Liveview:
-    """The parts of one liveview process, given a bus: feeds, sessions, audit."""
+    """The parts of one liveview process, given a bus: feeds, sessions, audit; `pod` names it in its live demands."""
 
-    def __init__(self, bus: Bus, settings: LiveviewSettings, metrics: Metrics) -> None:
+    def __init__(self, bus: Bus, settings: LiveviewSettings, metrics: Metrics, *, pod: str) -> None:
         self.settings = settings
         self.metrics = metrics
         self.audit = AuditEmitter(bus, SERVICE, retry_for_s=settings.audit_timeout_s)
-        self.hub = FeedHub(bus, settings, metrics)
+        self.hub = FeedHub(bus, settings, metrics, viewer=pod)
         self.ice = IcePolicy.from_settings(settings)
         self.sessions = SessionManager(self.hub, self.ice, self.audit, metrics, settings)
 
@@ -65,7 +67,7 @@ async def run(config: Config) -> int:
     app = build_app(TokenVerifier.from_config(config.tokens))
     async with Runtime(SERVICE, config, app=app) as rt:
         bus = await rt.connect_bus()
-        liveview = Liveview(bus, config.liveview, Metrics(rt.registry))
+        liveview = Liveview(bus, config.liveview, Metrics(rt.registry), pod=config.pod_name)
         liveview.install(app)
 
         async def refuse_new() -> None:

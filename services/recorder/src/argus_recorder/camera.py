@@ -1,13 +1,19 @@
-"""One camera stream recorded by this pod: pull its packets, cut segments, mux them off the loop, store, ack.
+"""One camera stream recorded by this pod: pull its batches, cut segments, mux them off the loop, store, ack.
 
 The worker owns the camera's durable consumer (`recorder-{camera}`) while this pod holds the lease. On start it
 makes delivery resume right after the consumer's ack floor: if the previous owner fetched packets it did not store
 (it died, or handed over mid-GOP), the consumer is re-created at the floor, so those packets come now and in order
 rather than after the ack wait. The index's newest row for the camera tells the segmenter what is stored already.
 
-Acks use AckAll on the newest message a stored segment or gap accounts for; nothing is acked before it is in S3
-and indexed, or in the spool. Stopping has two modes: `handover` stores the open segment's complete GOPs and acks
-them (the rest is left for the next owner), `abandon` (the lease was lost) stops at once and acks nothing more.
+Acks use AckAll on the newest message a stored segment or gap accounts for in full; nothing is acked before it is
+in S3 and indexed, or in the spool. A message is a `MediaBatch` of many packets and a segment can end inside one
+(a batch ends after a keyframe, or at ingest's batch age or size limit), so each packet carries as its ack token
+its batch's message if it is the batch's last packet, else the newest message before it all of whose packets were
+taken (None at first): a segment that ends inside a batch acks the batches before it, and that batch is delivered
+again to a next owner, which skips the packets the index holds.
+
+Stopping has two modes: `handover` stores the open segment's complete GOPs and acks them (the rest is left for the
+next owner), `abandon` (the lease was lost) stops at once and acks nothing more.
 """
 
 from __future__ import annotations
@@ -108,7 +114,7 @@ class CameraWorker:
                 checkpoint = await self._ctx.index.checkpoint(self.camera, self.stream, time.time_ns())
             except (IndexUnavailable, IndexRejected) as exc:
                 log.warning("%s: no checkpoint from the index (%s)", self.camera, exc, extra=self._log_extra)
-            segmenter: Segmenter[Msg] = Segmenter(
+            segmenter: Segmenter[Msg | None] = Segmenter(
                 self.camera, self.stream, settings.policy(), self._ctx.statuses.cause, checkpoint
             )
             log.info(
@@ -122,18 +128,24 @@ class CameraWorker:
         finally:
             await sub.stop()
 
-    async def _loop(self, sub: Pull, segmenter: Segmenter[Msg]) -> None:
+    async def _loop(self, sub: Pull, segmenter: Segmenter[Msg | None]) -> None:
         settings = self._ctx.settings
         last_packet = time.monotonic()
         seen = _Counts()
+        done: Msg | None = None  # the newest message all of whose packets went to the segmenter
         while self._stop is None:
             msgs = await self._fetch(sub, settings.fetch_batch)
             for msg in msgs:
                 if self._abandoned():
                     break
-                packet = self._decode(msg, segmenter)
-                if packet is not None:
-                    await self._handle(segmenter.push(packet, msg))
+                batch = self._decode(msg, segmenter)
+                if batch is not None:
+                    last = len(batch.packets) - 1
+                    for i, packet in enumerate(batch.packets):
+                        events = segmenter.push(packet, msg if i == last else done)
+                        if events:
+                            await self._handle(events)
+                done = msg
             now = time.monotonic()
             if msgs:
                 last_packet = now
@@ -154,9 +166,9 @@ class CameraWorker:
             await self.wait_stopped(1.0)
             return []
 
-    def _decode(self, msg: Msg, segmenter: Segmenter[Msg]) -> m.MediaPacket | None:
+    def _decode(self, msg: Msg, segmenter: Segmenter[Msg | None]) -> m.MediaBatch | None:
         try:
-            packet = decode(s.MEDIA, msg.data, msg.subject)
+            batch = decode(s.RECORD, msg.data, msg.subject)
         except DecodeError as exc:
             self._bad_messages += 1
             self._ctx.metrics.packets.labels("undecodable").inc()
@@ -164,15 +176,19 @@ class CameraWorker:
                 log.warning("%s: %s (%d so far)", self.camera, exc, self._bad_messages, extra=self._log_extra)
             segmenter.corrupt()
             return None
-        if packet.camera != self.camera or packet.stream != self.stream:
-            log.warning("%s: a packet of %s/%s on %s: skipped", self.camera, packet.camera, packet.stream, msg.subject)
+        if (
+            batch.camera != self.camera
+            or batch.stream != self.stream
+            or any(p.camera != self.camera or p.stream != self.stream for p in batch.packets)
+        ):
+            log.warning("%s: a batch of %s/%s on %s: skipped", self.camera, batch.camera, batch.stream, msg.subject)
             segmenter.corrupt()
             return None
-        return packet
+        return batch
 
     # --- storing --------------------------------------------------------------------------------------------------
 
-    async def _handle(self, events: list[Event[Msg]]) -> None:
+    async def _handle(self, events: list[Event[Msg | None]]) -> None:
         for event in events:
             if isinstance(event, SegmentCut):
                 await self._store(event)
@@ -181,7 +197,7 @@ class CameraWorker:
                 if event.ack is not None:
                     await self._ack(event.ack)
 
-    async def _store(self, cut: SegmentCut[Msg]) -> None:
+    async def _store(self, cut: SegmentCut[Msg | None]) -> None:
         metrics = self._ctx.metrics
         started = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -221,7 +237,9 @@ class CameraWorker:
             )
         await self._ack(cut.ack)
 
-    async def _ack(self, msg: Msg) -> None:
+    async def _ack(self, msg: Msg | None) -> None:
+        if msg is None:  # nothing the segment or gap holds ends a message: a later one acks it
+            return
         try:
             await msg.ack()
         except nats.errors.Error as exc:
@@ -239,8 +257,14 @@ class CameraWorker:
             return
         delivered = info.delivered.stream_seq if info.delivered else 0
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        same_policy = info.config.ack_policy == config.ack_policy
-        if same_policy and not info.num_ack_pending and delivered <= floor:
+        same = info.config.ack_policy == config.ack_policy and info.config.filter_subject == config.filter_subject
+        if same and not info.num_ack_pending and delivered <= floor:
+            return
+        if info.config.filter_subject != config.filter_subject:
+            # Made for another subject (media of an earlier version of the bus contract): start on the new one.
+            await js.delete_consumer(MEDIA_STREAM, spec.durable)
+            await js.add_consumer(MEDIA_STREAM, config)
+            log.info("%s: consumer re-made for %s", self.camera, config.filter_subject, extra=self._log_extra)
             return
         # Someone fetched packets and did not store them: deliver them again now, in order, from the ack floor.
         await js.delete_consumer(MEDIA_STREAM, spec.durable)
@@ -279,7 +303,7 @@ class _Counts:
     def __init__(self) -> None:
         self._last: dict[str, int] = {}
 
-    def report(self, segmenter: Segmenter[Msg], metrics: Metrics) -> None:
+    def report(self, segmenter: Segmenter[Msg | None], metrics: Metrics) -> None:
         stats = segmenter.stats
         for label, value in (
             ("duplicate", stats.duplicates),

@@ -116,7 +116,7 @@ def topology(options: TopologyOptions | None = None) -> Topology:
     streams = (
         StreamSpec(
             MEDIA_STREAM,
-            (s.MEDIA.wildcard(),),
+            (s.RECORD.wildcard(),),
             o.media_max_age_s,
             "camera media, held until recorders have stored it",
             duplicate_window_s=30.0,
@@ -220,9 +220,10 @@ def recorder_consumer(
 ) -> ConsumerSpec:
     """The recorder's durable pull consumer of one camera stream: `recorder-{camera}` (`-{stream}` if not main).
 
-    Created by the recorder pod that holds the camera's lease, not at start-up (cameras come and go). AckAll: the
-    recorder acks the last packet of each segment once the segment is stored, which acknowledges the segment's
-    packets in one message; what is not acked when a recorder dies is delivered again to the next owner.
+    Created by the recorder pod that holds the camera's lease, not at start-up (cameras come and go). AckAll: once
+    a segment is stored the recorder acks the newest batch all of whose packets are stored, which acknowledges
+    every batch before it in one message; what is not acked when a recorder dies is delivered again to the next
+    owner (which skips the packets the index already holds).
     """
     durable = (
         f"{RECORDER_CONSUMER_PREFIX}-{camera}" if stream == "main" else f"{RECORDER_CONSUMER_PREFIX}-{camera}-{stream}"
@@ -230,7 +231,7 @@ def recorder_consumer(
     return ConsumerSpec(
         MEDIA_STREAM,
         durable,
-        s.MEDIA.format(camera=camera, stream=stream),
+        s.RECORD.format(camera=camera, stream=stream),
         f"recorder position in {stream} media of {camera}",
         ack_wait_s=ack_wait_s,
         max_ack_pending=max_ack_pending,

@@ -49,6 +49,45 @@ class MediaPacket(msgspec.Struct, frozen=True, kw_only=True):
     config: CodecConfig | None = None  # present on keyframes and whenever the configuration changes
 
 
+class MediaBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """Consecutive packets of one ingest session of one camera stream, as ingest stores them for recording.
+
+    A batch ends right after a keyframe (so that a recorder sees the keyframe that closes a GOP as soon as ingest
+    does), or when its first packet is `batch_max_s` old, or at `batch_max_bytes`; also when the session ends.
+    """
+
+    camera: CameraId
+    stream: StreamName
+    session: str
+    packets: tuple[MediaPacket, ...]  # in seq order, all of `session`; a hole in seq is a packet ingest lost
+
+
+# --- live view -------------------------------------------------------------------------------------------------
+
+
+class LiveDemand(msgspec.Struct, frozen=True, kw_only=True):
+    """A live view pod wants a camera stream's access units on the live subject: ingest publishes them for `ttl_s`
+    after each demand (a viewer pod asks again well before that), and no longer once every asker said `ttl_s=0`."""
+
+    camera: CameraId
+    stream: StreamName
+    viewer: str  # the asking pod: each pod's demand runs out (or is withdrawn) on its own
+    ttl_s: float = 10.0
+    catchup: bool = False  # answer on the request's inbox with the current GOP so far (`LiveCatchup`)
+
+
+class LiveCatchup(msgspec.Struct, frozen=True, kw_only=True):
+    """The pulling ingest pod's answer to a `LiveDemand` with `catchup`: the packets of the current GOP, from its
+    keyframe up to the last one published; empty when there is none to give (not online yet, a GOP larger than a
+    message): the asker then starts at the next live keyframe."""
+
+    camera: CameraId
+    stream: StreamName
+    pod: str
+    session: str = ""
+    packets: tuple[MediaPacket, ...] = ()
+
+
 # --- cameras ---------------------------------------------------------------------------------------------------
 
 

@@ -82,8 +82,27 @@ MEDIA = Subject(
     f"{ROOT}.media.{{camera}}.{{stream}}",
     m.MediaPacket,
     "msgpack",
-    "access units of one camera stream, published by ingest; recorded through the MEDIA stream, live view "
-    "subscribes in core NATS",
+    "live access units of one camera stream, one per message, core NATS only: published by the ingest pod that "
+    "pulls the camera while a live view pod's LiveDemand holds",
+)
+RECORD = Subject(
+    f"{ROOT}.record.{{camera}}.{{stream}}",
+    m.MediaBatch,
+    "msgpack",
+    "every access unit of one camera stream in batches (a GOP's tail up to its next keyframe, at most a second), "
+    "published by ingest into the MEDIA stream for the recorders",
+)
+LIVE_DEMAND = Subject(
+    f"{ROOT}.live.demand.{{camera}}.{{stream}}",
+    m.LiveDemand,
+    "json",
+    "live view asks ingest to publish a camera stream on its MEDIA subject; with catchup, a request",
+)
+LIVE_CATCHUP = Subject(
+    f"{ROOT}.live.catchup.{{camera}}.{{stream}}",
+    m.LiveCatchup,
+    "msgpack",
+    "ingest's reply to a LiveDemand with catchup (the request's inbox): the current GOP so far",
 )
 CAMERA_STATUS = Subject(
     f"{ROOT}.camera.status.{{camera}}", m.CameraStatus, "json", "camera health from ingest (also in KV)"
@@ -107,6 +126,9 @@ SERVICE_EVENT = Subject(
 
 ALL_SUBJECTS: tuple[Subject[Any], ...] = (
     MEDIA,
+    RECORD,
+    LIVE_DEMAND,
+    LIVE_CATCHUP,
     CAMERA_STATUS,
     CAMERA_CHANGED,
     SEGMENT_RECORDED,
