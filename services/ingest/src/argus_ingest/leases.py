@@ -196,12 +196,15 @@ class LeaseTable:
         return pools
 
     def owners(self) -> dict[str, str]:
-        """Camera -> the pod holding a fresh lease on it (ours included)."""
+        """Camera -> the pod holding a fresh lease on it (ours included).
+
+        A key that names this pod without this pod holding it (a write whose ack was lost, or a former life of a pod
+        of the same name) counts as free: `acquire` takes it back at once instead of waiting for it to go stale."""
         now = time.monotonic()
         out = {
             key[len(CAMERA_PREFIX) :]: known.owner
             for key, known in self._known.items()
-            if key.startswith(CAMERA_PREFIX) and known.owner and self._fresh(known, now)
+            if key.startswith(CAMERA_PREFIX) and known.owner and known.owner != self.pod and self._fresh(known, now)
         }
         out.update(dict.fromkeys(self._held, self.pod))
         return out
@@ -258,18 +261,41 @@ class LeaseTable:
             return False
         now_ns = time.time_ns()
         value = _ENCODER.encode(Lease(pod=self.pod, since_ns=now_ns, renewed_ns=now_ns))
+        key = camera_key(camera)
         try:
-            new = await self._update(camera_key(camera), value, revision)
+            try:
+                new = await self._update(key, value, revision)
+            except _Conflict:
+                # A write of ours whose ack came late or never (a slow bus, a busy loop) may have landed: the key
+                # then names this pod at a revision we did not see. Only the holder writes a held lease, so that
+                # revision is ours to renew on; a key naming another pod (or gone) is lost.
+                await self._reread(key)
+                known = self._known.get(key)
+                if known is not None and known.deleted and known.vanished:
+                    # Gone from the server without a delete marker: the bucket's TTL removed it while this pod's
+                    # renewals were late (a busy loop, a slow bus). Nobody took it, or `create` fails below.
+                    log.warning(
+                        "the lease on %s had expired in the bus; taking it again", camera, extra={"camera": camera}
+                    )
+                    new = await self._create(key, value)
+                elif known is None or known.deleted or known.owner != self.pod:
+                    self.forget(camera)
+                    return False
+                else:
+                    log.info(
+                        "the lease on %s had a write of ours we had not seen acked", camera, extra={"camera": camera}
+                    )
+                    new = await self._update(key, value, known.revision)
         except _Conflict:
             self.forget(camera)
-            await self._reread(camera_key(camera))
+            await self._reread(key)
             return False
         except KV_ERRORS as exc:
             log.warning("renewal of the lease on %s failed: %r", camera, exc, extra={"camera": camera})
             return None
         self._held[camera] = new
         self._renewed[camera] = time.monotonic()
-        self._learn(camera_key(camera), new, value)
+        self._learn(key, new, value)
         return True
 
     def expired(self, camera: str) -> bool:
@@ -318,9 +344,12 @@ class LeaseTable:
     async def _reread(self, key: str) -> None:
         try:
             entry = await self.kv.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        except nats.js.errors.KeyNotFoundError as exc:
+            # nats-py reports a delete marker as KeyNotFoundError with `op` set; no `op`: no message at all (the
+            # bucket's TTL removed the key).
             known = self._known.get(key)
-            self._learn(key, (known.revision if known else 0), None, vanished=True)
+            revision = int(exc.entry.revision or 0) if exc.entry is not None else 0
+            self._learn(key, max(revision, known.revision if known else 0), None, vanished=exc.op is None)
             return
         except KV_ERRORS:
             return

@@ -213,8 +213,11 @@ class IngestPod:
             await leases.heartbeat(len(self._slots))
         except KV_ERRORS as exc:
             log.warning("heartbeat of pod %s failed: %r", self.pod, exc)
-        for camera in list(self._slots):
-            renewed = await leases.renew(camera)
+        cameras = list(self._slots)
+        # All at once: one round trip for the lot, however many cameras, so that a slow bus or a busy loop does not
+        # stretch a round past the TTL for the cameras at its end.
+        results = await asyncio.gather(*(leases.renew(camera) for camera in cameras))
+        for camera, renewed in zip(cameras, results, strict=True):
             if camera not in self._slots:  # handed over meanwhile
                 continue
             if renewed is False or (renewed is None and leases.expired(camera)):

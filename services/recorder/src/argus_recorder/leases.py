@@ -147,13 +147,39 @@ class Leases:
         if revision is None:
             return False
         value = self._encoder.encode(LeaseValue(self.pod, time.time_ns()))
+        key = camera_key(camera, self.stream)
         try:
-            self._held[camera] = await self.kv.update(camera_key(camera, self.stream), value, last=revision)
+            self._held[camera] = await self.kv.update(key, value, last=revision)
         except KeyWrongLastSequenceError:
-            self.forget(camera)
-            return False
+            # A renewal whose ack came late or never may have landed: the key then names this pod at a revision
+            # we did not see, and only the holder writes a held lease. Anything else (another pod, gone) is lost.
+            renewed = await self._renew_unseen(key, value)
+            if renewed is None:
+                self.forget(camera)
+                return False
+            self._held[camera] = renewed
+            log.info("the lease on %s had a write of ours we had not seen acked", camera)
         self._renewed[camera] = time.monotonic()
         return True
+
+    async def _renew_unseen(self, key: str, value: bytes) -> int | None:
+        """Rewrite `key` on its current revision if the value there names this pod; None if it does not."""
+        try:
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError as exc:
+                if exc.op is not None:  # a delete marker: released, not ours any more
+                    return None
+                # No message at all: the bucket's TTL removed it while our renewals were late. Nobody has taken it
+                # if `create` succeeds.
+                revision = await self.kv.create(key, value)
+                log.warning("the lease on %s had expired in the bus; took it again", key)
+                return revision
+            if entry.value is None or self._decoder.decode(entry.value).pod != self.pod:
+                return None
+            return await self.kv.update(key, value, last=entry.revision or 0)
+        except (KeyNotFoundError, KeyWrongLastSequenceError, msgspec.DecodeError):
+            return None
 
     def expired(self, camera: str) -> bool:
         """Whether our lease may have run out (no successful renewal for most of a TTL)."""
