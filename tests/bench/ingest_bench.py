@@ -12,9 +12,9 @@ For each camera count, one after the other against the same cameras:
 - **ffmpeg**: one `ffmpeg -rtsp_transport tcp -i URL -c copy -f segment -segment_time 6` per camera (how Frigate
   records), writing to a temporary folder;
 - **ingest**: a fresh nats-server (JetStream, file store) and the register in Postgres (one row per camera), then
-  ingest as a real process (`python -m argus_ingest`) publishing every access unit to the MEDIA stream; with
-  `--recorder` the recorder (`python -m argus_recorder`, S3 from `argus_devstack`: moto unless the environment
-  names another) records them too, so that ingest + recorder stand beside ffmpeg as the issue's goal asks.
+  ingest as a real process (`python -m argus_ingest`) storing every access unit in the MEDIA stream (in
+  batches); with `--recorder` the recorder (`python -m argus_recorder`, S3 from `argus_devstack`: moto unless the
+  environment names another) records them too, so that ingest + recorder stand beside ffmpeg as the issue's goal asks.
 
 After `--warmup` seconds (every camera online) the CPU time of each process is read from /proc over `--seconds`
 (user + system, all threads, as percent of one core); memory is each process's peak resident set (VmHWM). The
@@ -22,8 +22,9 @@ whole machine's CPU use and load average over the window are printed too: other 
 
 `framing` compares one message per access unit with batches of `--batch` access units per message: this process
 publishes synthetic 2 Mbps 25 fps packets (a 42 kB keyframe every 50 frames, 9.2 kB otherwise) for `--cameras`
-cameras to a fresh nats-server's MEDIA stream with the same pipelined publishing as ingest, and reports the CPU of
-the publisher and of nats-server per 1,000 access units, and the time from capture to JetStream's ack.
+cameras to a fresh nats-server's MEDIA stream (as `MediaBatch`es) with the same pipelined publishing as ingest, and
+reports the CPU of the publisher and of nats-server per 1,000 access units, and the time from capture to
+JetStream's ack.
 """
 
 from __future__ import annotations
@@ -45,12 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import msgspec
-
 from argus_core.bus import Bus, TopologyOptions, topology
 from argus_core.bus import subjects as s
 from argus_core.bus.codec import encode
-from argus_core.bus.messages import CodecConfig, MediaPacket
+from argus_core.bus.messages import CodecConfig, MediaBatch, MediaPacket
 from argus_core.db import DatabaseConfig, create_pool, migrate
 from argus_devstack.backends import new_postgres_server, new_s3_server
 from argus_devstack.nats import NatsServer
@@ -412,7 +411,6 @@ async def framing_run(nats_url: str, cameras: int, seconds: float, batch: int, w
     await bus.ensure(topology(TopologyOptions(media_max_age_s=60.0)))
     blob = os.urandom(KEY_BYTES)
     config = CodecConfig(codec="h264", width=1280, height=720, extradata=blob[:40])
-    batch_encoder = msgspec.msgpack.Encoder()
     inbox = bus.nc.new_inbox() + "."
     waiting: dict[str, tuple[float, int]] = {}
     latencies: list[float] = []
@@ -453,20 +451,17 @@ async def framing_run(nats_url: str, cameras: int, seconds: float, batch: int, w
                 data=blob if phase == 0 else blob[:P_BYTES],
                 config=config if phase == 0 else None,
             )
-            subject = s.MEDIA.format(camera=packet.camera, stream="main")
-            if batch == 1:
-                payload = encode(s.MEDIA, packet)
-                captured = due
-                count = 1
-            else:
-                held[camera].append(packet)
-                held_since.setdefault(camera, due)
-                if len(held[camera]) < batch:
-                    continue
-                payload = batch_encoder.encode(held[camera])
-                captured = held_since.pop(camera)
-                count = len(held[camera])
-                held[camera] = []
+            subject = s.RECORD.format(camera=packet.camera, stream="main")
+            held[camera].append(packet)
+            held_since.setdefault(camera, due)
+            if len(held[camera]) < batch:
+                continue
+            payload = encode(
+                s.RECORD, MediaBatch(camera=packet.camera, stream="main", session=session, packets=tuple(held[camera]))
+            )
+            captured = held_since.pop(camera)
+            count = len(held[camera])
+            held[camera] = []
             token = str(messages)
             waiting[token] = (captured, count)
             await bus.nc.publish(
@@ -638,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recorder", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--set", action="append", default=[], metavar="ARGUS_X=V", help="a setting for our services")
     parser.add_argument("--ffmpeg", action=argparse.BooleanOptionalAction, default=True, help="run ffmpeg beside")
-    parser.add_argument("--batch", type=int, default=5, help="framing: access units per message")
+    parser.add_argument("--batch", type=int, default=25, help="framing: access units per message")
     parser.add_argument("--window", type=int, default=64, help="framing: publishes in flight per camera")
     args = parser.parse_args(argv)
     for item in args.set:

@@ -4,12 +4,12 @@
 
 For each camera count: a fresh nats-server (JetStream, file store), Postgres and S3 (moto unless
 `ARGUS_TEST_S3_ENDPOINT` names another), then the recorder as a real process (`python -m argus_recorder`) and a
-publisher process standing in for ingest: it publishes one `MediaPacket` per access unit of a real 720p25 2 Mbps
-H.264 clip (x264, GOP 2 s, looped), per camera, paced in real time, with the wall clock of each frame as its
-capture time. After `--warmup` seconds the CPU time of each process is read from /proc over `--seconds`; peak
-memory is the process's high-water mark (VmHWM); capture-to-indexed latency is, per segment indexed in the window,
-the row's `created_at` minus the capture time of the frame that closed it (its `end_time`), i.e. what the recorder
-adds beyond the segment's own length.
+publisher process standing in for ingest: it publishes the access units of a real 720p25 2 Mbps H.264 clip (x264,
+GOP 2 s, looped), per camera, paced in real time, with the wall clock of each frame as its capture time, in
+`MediaBatch`es made by ingest's own rules (`argus_ingest.batch`). After `--warmup` seconds the CPU time of each
+process is read from /proc over `--seconds`; peak memory is the process's high-water mark (VmHWM);
+capture-to-indexed latency is, per segment indexed in the window, the row's `created_at` minus the capture time of
+the frame that closed it (its `end_time`), i.e. what the recorder adds beyond the segment's own length.
 
     python -m tests.bench.recorder_bench index --cameras 100 --days 31
 
@@ -44,7 +44,7 @@ import asyncpg
 from argus_core.bus import Bus
 from argus_core.bus import subjects as s
 from argus_core.bus.codec import encode
-from argus_core.bus.messages import MediaPacket
+from argus_core.bus.messages import MediaBatch, MediaPacket
 from argus_devstack.ports import free_port
 from argus_devstack.s3 import S3Target
 
@@ -114,7 +114,7 @@ async def measure(pids: dict[str, int], seconds: float, every_s: float = 1.0) ->
 
 
 async def publish_cameras(nats_url: str, cameras: list[str], seconds: float, clip_args: dict[str, int]) -> None:
-    from tests.recorder.media import clip
+    from tests.recorder.media import Batches, clip
 
     media = clip(**clip_args)  # type: ignore[arg-type]
     bus = await Bus.connect(nats_url, name="bench-publisher")
@@ -123,6 +123,17 @@ async def publish_cameras(nats_url: str, cameras: list[str], seconds: float, cli
         session = f"bench-{os.getpid()}"
         started = time.monotonic()
         inflight: set[asyncio.Future[Any]] = set()
+        batches = {camera: Batches() for camera in cameras}
+
+        def send(batch: MediaBatch) -> None:
+            subject = s.RECORD.format(camera=batch.camera, stream="main")
+            msg_id = f"{batch.camera}.main.{session}.{batch.packets[0].seq}"
+            future = asyncio.ensure_future(
+                bus.js.publish(subject, encode(s.RECORD, batch), headers={"Nats-Msg-Id": msg_id})
+            )
+            inflight.add(future)
+            future.add_done_callback(inflight.discard)
+
         for i in range(frames):
             due = started + i / media.fps
             delay = due - time.monotonic()
@@ -146,16 +157,13 @@ async def publish_cameras(nats_url: str, cameras: list[str], seconds: float, cli
                     data=data,
                     config=media.config if key else None,
                 )
-                subject = s.MEDIA.format(camera=camera, stream="main")
-                future = asyncio.ensure_future(
-                    bus.js.publish(
-                        subject, encode(s.MEDIA, pkt), headers={"Nats-Msg-Id": f"{camera}.main.{session}.{i}"}
-                    )
-                )
-                inflight.add(future)
-                future.add_done_callback(inflight.discard)
+                for batch in batches[camera].add(pkt):
+                    send(batch)
             if len(inflight) > 4 * len(cameras):
                 await asyncio.wait(set(inflight), return_when=asyncio.ALL_COMPLETED)
+        for camera in cameras:
+            for batch in batches[camera].flush():
+                send(batch)
         if inflight:
             await asyncio.wait(set(inflight))
     finally:
