@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import pytest
+from nats.js.errors import NotFoundError
 
 from argus_core.bus import Bus, TopologyOptions, topology
 from argus_core.bus.jetstream import MEDIA_STREAM, recorder_consumer
-from argus_recorder.pull import Pull
+from argus_recorder.pull import ConsumerGone, Pull
 
 
 @pytest.fixture
@@ -55,15 +57,40 @@ async def test_fetch_takes_what_is_pending_in_order_and_returns_at_once_when_not
         await pull.stop()
 
 
-async def test_fetch_on_a_deleted_consumer_ends_without_messages(bus: Bus) -> None:
+async def test_fetch_on_a_deleted_consumer_says_it_is_gone_at_once(bus: Bus) -> None:
     spec = recorder_consumer("cam-q")
     await bus.js.add_consumer(MEDIA_STREAM, spec.config())
     pull = Pull(bus.nc, MEDIA_STREAM, spec.durable)
     await pull.start()
     try:
+        assert await pull.fetch(10, 2.0) == []
         await bus.js.delete_consumer(MEDIA_STREAM, spec.durable)
         started = time.monotonic()
-        assert await pull.fetch(10, 2.0) == []
-        assert time.monotonic() - started < 2.5
+        with pytest.raises(ConsumerGone, match="consumer not found"):
+            await pull.fetch(10, 2.0)
+        assert time.monotonic() - started < 4.5  # the silent request times out, then one info request
     finally:
         await pull.stop()
+
+
+async def test_the_server_deletes_a_consumer_nobody_pulls_from(bus: Bus) -> None:
+    assert recorder_consumer("cam-r").config().inactive_threshold == 3600.0  # the default
+    spec = recorder_consumer("cam-r", idle_s=1.0)
+    await bus.js.add_consumer(MEDIA_STREAM, spec.config())
+    pull = Pull(bus.nc, MEDIA_STREAM, spec.durable)
+    await pull.start()
+    try:
+        for _ in range(4):  # pulled from: kept past its threshold
+            assert await pull.fetch(10, 1.0) == []
+            await asyncio.sleep(0.5)
+        assert (await bus.js.consumer_info(MEDIA_STREAM, spec.durable)).config.inactive_threshold == 1.0
+    finally:
+        await pull.stop()
+    deadline = time.monotonic() + 15
+    while True:  # then nobody pulls (the camera was removed): the server deletes it on its own timer
+        try:
+            await bus.js.consumer_info(MEDIA_STREAM, spec.durable)
+        except NotFoundError:
+            break
+        assert time.monotonic() < deadline, "the idle consumer is still there"
+        await asyncio.sleep(0.25)

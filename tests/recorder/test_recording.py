@@ -11,7 +11,7 @@ import pytest
 from nats.js import api
 
 from argus_core.bus import Bus
-from argus_core.bus.jetstream import EVENTS_STREAM
+from argus_core.bus.jetstream import EVENTS_STREAM, MEDIA_STREAM
 from argus_devstack.s3 import S3Target
 from tests.recorder.harness import (
     RecorderProcess,
@@ -143,3 +143,32 @@ async def test_length_prefixed_h264_and_annexb_h265_are_recorded(
             assert found.decode_errors == ""
             assert (found.codec, found.width, found.height, found.packets) == (codec, 320, 240, row["frames"])
     assert await rec.terminate() == 0
+
+
+async def test_a_consumer_deleted_under_a_recording_camera_is_made_again_and_no_frame_is_lost(
+    stores: Stores, bus: Bus, processes: list[RecorderProcess], tmp_path: Path
+) -> None:
+    rec = RecorderProcess(stores, tmp_path, "rec-a", cameras="cam-d")
+    processes.append(rec)
+    rec.start()
+    await rec.wait_ready()
+    cam = Camera("cam-d", clip(), session="sess-d")
+    await publish(bus, cam.packets(400), sent=cam.sent)
+
+    async def stored(frames: int) -> bool:
+        return sum(int(r["frames"]) for r in await segment_rows(stores.database_url, cam.camera)) >= frames
+
+    await wait_for(lambda: stored(300), within_s=30, what="two segments stored")
+    info = await bus.js.consumer_info(MEDIA_STREAM, "recorder-cam-d")
+    assert info.config.inactive_threshold == 3600.0  # ARGUS_RECORDER_CONSUMER_IDLE_S's default
+    # Deleted by hand, or by the server after its inactivity threshold, while the camera's open segment holds
+    # fetched packets that are not acked: pulling on would record nothing, silently.
+    await bus.js.delete_consumer(MEDIA_STREAM, "recorder-cam-d")
+    await publish(bus, cam.packets(350), sent=cam.sent)
+    await wait_for(lambda: all_indexed(stores.database_url, [cam]), within_s=60, what="every frame indexed")
+    rows = await segment_rows(stores.database_url, cam.camera)
+    assert_contiguous_and_complete(rows, cam)
+    assert (await bus.js.consumer_info(MEDIA_STREAM, "recorder-cam-d")).config.inactive_threshold == 3600.0
+    assert await rec.terminate() == 0
+    assert rec.errors() == []
+    assert any("consumer is gone" in r.get("message", "") for r in rec.log_records()), rec.log_tail()

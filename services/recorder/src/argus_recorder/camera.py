@@ -42,7 +42,7 @@ from argus_recorder.errors import MuxError
 from argus_recorder.index import Index, IndexRejected, IndexUnavailable
 from argus_recorder.metrics import Metrics
 from argus_recorder.muxer import mux_segment
-from argus_recorder.pull import Pull
+from argus_recorder.pull import ConsumerGone, Pull
 from argus_recorder.segmenter import Event, GapFound, SegmentCut, Segmenter
 from argus_recorder.sink import Sink
 from argus_recorder.status import StatusBook
@@ -102,7 +102,11 @@ class CameraWorker:
     async def run(self) -> None:
         settings = self._ctx.settings
         spec = recorder_consumer(
-            self.camera, self.stream, ack_wait_s=settings.ack_wait_s, max_ack_pending=settings.max_ack_pending
+            self.camera,
+            self.stream,
+            ack_wait_s=settings.ack_wait_s,
+            max_ack_pending=settings.max_ack_pending,
+            idle_s=settings.consumer_idle_s,
         )
         await self._prepare_consumer(spec)
         sub = Pull(self._ctx.nc, MEDIA_STREAM, spec.durable)
@@ -161,6 +165,15 @@ class CameraWorker:
     async def _fetch(self, sub: Pull, batch: int) -> list[Msg]:
         try:
             return await sub.fetch(batch, _FETCH_TIMEOUT_S)
+        except ConsumerGone:
+            # Pulling on would record nothing, silently. The worker starts again (the pod's supervisor): the
+            # consumer is made anew at the camera's oldest media on the bus, and what the index holds is skipped.
+            log.warning(
+                "%s: its consumer is gone from the server; recording starts again from the index",
+                self.camera,
+                extra=self._log_extra,
+            )
+            raise
         except nats.errors.Error as exc:
             log.warning("%s: fetch failed (%s); retrying", self.camera, exc, extra=self._log_extra)
             await self.wait_stopped(1.0)
@@ -257,7 +270,11 @@ class CameraWorker:
             return
         delivered = info.delivered.stream_seq if info.delivered else 0
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        same = info.config.ack_policy == config.ack_policy and info.config.filter_subject == config.filter_subject
+        same = (
+            info.config.ack_policy == config.ack_policy
+            and info.config.filter_subject == config.filter_subject
+            and info.config.inactive_threshold == config.inactive_threshold
+        )
         if same and not info.num_ack_pending and delivered <= floor:
             return
         if info.config.filter_subject != config.filter_subject:
@@ -266,7 +283,8 @@ class CameraWorker:
             await js.add_consumer(MEDIA_STREAM, config)
             log.info("%s: consumer re-made for %s", self.camera, config.filter_subject, extra=self._log_extra)
             return
-        # Someone fetched packets and did not store them: deliver them again now, in order, from the ack floor.
+        # Someone fetched packets and did not store them (or the consumer was made with other settings): deliver
+        # from the ack floor, in order, now.
         await js.delete_consumer(MEDIA_STREAM, spec.durable)
         if floor > 0:
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE

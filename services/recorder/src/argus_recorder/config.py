@@ -46,6 +46,9 @@ class RecorderSettings(msgspec.Struct, frozen=True, kw_only=True):
     fetch_interval_s: Annotated[float, msgspec.Meta(ge=0, le=5)] = 1.0
     ack_wait_s: Annotated[float, msgspec.Meta(ge=10, le=3600)] = 90.0
     max_ack_pending: Annotated[int, msgspec.Meta(ge=100)] = 20_000
+    # A camera's consumer that nobody pulls from for this long (the camera was removed, or is recorded no more) is
+    # deleted by the server; made again, it starts at the camera's oldest media on the bus.
+    consumer_idle_s: Annotated[float, msgspec.Meta(ge=60, le=30 * 86400)] = 3600.0
     # Threads that mux segments (FFmpeg releases the GIL while it writes).
     mux_threads: Annotated[int, msgspec.Meta(ge=1, le=32)] = 2
 

@@ -24,6 +24,7 @@ from argus_recorder.camera import CameraWorker, StopMode, WorkerContext
 from argus_recorder.index import Index, IndexRejected, IndexUnavailable
 from argus_recorder.leases import Leases, Snapshot, camera_key, fair_share, rank
 from argus_recorder.metrics import Metrics
+from argus_recorder.pull import ConsumerGone
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,10 @@ class RecorderPod:
                     await worker.run()
                 except asyncio.CancelledError:
                     raise
+                except ConsumerGone:  # logged by the worker; nothing failed, so no back-off
+                    if worker.stop_mode is not None or await worker.wait_stopped(0.5):
+                        break
+                    continue
                 except Exception:
                     if worker.stop_mode is not None:
                         log.exception("%s: worker failed while stopping", camera)

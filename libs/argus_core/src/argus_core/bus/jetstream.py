@@ -69,6 +69,7 @@ class ConsumerSpec:
     max_ack_pending: int = 10_000
     max_deliver: int = -1
     ack_policy: api.AckPolicy = api.AckPolicy.EXPLICIT
+    inactive_threshold_s: float | None = None  # the server deletes the consumer after this long without a pull
 
     def config(self) -> api.ConsumerConfig:
         return api.ConsumerConfig(
@@ -81,6 +82,7 @@ class ConsumerSpec:
             max_ack_pending=self.max_ack_pending,
             max_deliver=self.max_deliver,
             filter_subject=self.filter_subject,
+            inactive_threshold=self.inactive_threshold_s,
         )
 
 
@@ -216,7 +218,12 @@ RECORDER_CONSUMER_PREFIX = "recorder"
 
 
 def recorder_consumer(
-    camera: str, stream: str = "main", *, ack_wait_s: float = 90.0, max_ack_pending: int = 20_000
+    camera: str,
+    stream: str = "main",
+    *,
+    ack_wait_s: float = 90.0,
+    max_ack_pending: int = 20_000,
+    idle_s: float | None = 3600.0,
 ) -> ConsumerSpec:
     """The recorder's durable pull consumer of one camera stream: `recorder-{camera}` (`-{stream}` if not main).
 
@@ -224,6 +231,10 @@ def recorder_consumer(
     a segment is stored the recorder acks the newest batch all of whose packets are stored, which acknowledges
     every batch before it in one message; what is not acked when a recorder dies is delivered again to the next
     owner (which skips the packets the index already holds).
+
+    The server deletes a consumer nobody has pulled from for `idle_s` (a camera removed from the register, or no
+    longer recorded), so consumers do not pile up as cameras come and go. That loses nothing: a consumer made again
+    starts at the camera's oldest media still in the stream, and the recorder skips what the index holds.
     """
     durable = (
         f"{RECORDER_CONSUMER_PREFIX}-{camera}" if stream == "main" else f"{RECORDER_CONSUMER_PREFIX}-{camera}-{stream}"
@@ -236,4 +247,5 @@ def recorder_consumer(
         ack_wait_s=ack_wait_s,
         max_ack_pending=max_ack_pending,
         ack_policy=api.AckPolicy.ALL,
+        inactive_threshold_s=idle_s,
     )
