@@ -2,6 +2,7 @@
 
     python -m tests.bench.liveview_bench --viewers 10 50 100 --seconds 20
     python -m tests.bench.liveview_bench --viewers 10 --seconds 20 --no-browser
+    python -m tests.bench.liveview_bench --viewers 10 50 --seconds 20 --cold 20
 
 What runs (every part a process of its own, all on loopback):
 
@@ -22,6 +23,9 @@ viewer's POST to its first complete keyframe (counting viewers), its first decod
 its first picture shown (Chromium). Glass-to-glass: the time code's capture time to the picture decoded (aiortc)
 or shown (Chromium), after the first two seconds (the catch-up from the cached GOP's keyframe to live). Every
 viewer's packets lost (its RTCP statistics) are summed.
+
+With `--cold N`, first N viewers come one at a time, each the only viewer of the camera after live view let it go
+(`--idle-grace`): each finds no GOP cached, and live view asks the ingest pod for the camera's current GOP so far.
 """
 
 from __future__ import annotations
@@ -220,6 +224,8 @@ async def run(args: argparse.Namespace) -> int:
                         "ARGUS_LIVEVIEW_ICE_HOSTS": "127.0.0.1",
                         "ARGUS_LIVEVIEW_MAX_SESSIONS": "1000",
                         "ARGUS_LIVEVIEW_STRIP_FILLER": "true" if args.strip_filler else "false",
+                        # A camera nobody watches is let go soon, so that each --cold viewer finds it unwatched.
+                        "ARGUS_LIVEVIEW_IDLE_GRACE_S": str(args.idle_grace),
                     }
                 )
                 profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
@@ -235,6 +241,8 @@ async def run(args: argparse.Namespace) -> int:
                 await asyncio.sleep(2.0)
                 idle_rss = status_kb(liveview.pid, "VmRSS") / 1024
                 out(f"liveview idle: {idle_rss:.0f} MB resident")
+                if args.cold:
+                    await cold_starts(url, token, lv_port, args)
                 for count in args.viewers:
                     await one_count(count, url, token, liveview, idle_rss, args)
                     await asyncio.sleep(args.idle_between)
@@ -244,6 +252,23 @@ async def run(args: argparse.Namespace) -> int:
             nats_server.close()
             postgres.close()
     return 0
+
+
+async def cold_starts(url: str, token: str, port: int, args: argparse.Namespace) -> None:
+    """The first viewer of a camera nobody watches, `--cold` times: live view has no GOP of it cached and asks the
+    ingest pod pulling it for the current GOP so far (its catch-up), while demanding its live packets."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARGUS_")}
+    ttff: list[float] = []
+    for _ in range(args.cold):
+        await wait_for("camera let go", lambda: scrape(port).get("argus_liveview_cameras_watched", 0) == 0)
+        proc = await spawn(url, {"cameras": ["cam000"], "count": 1, "token": token, "seconds": 3.0}, env)
+        ttff.extend(r["ttff_ms"] for r in await results_of(proc) if r["ttff_ms"] is not None)
+        # Land anywhere in the camera's 2 s GOP, not always at the same phase.
+        await asyncio.sleep(args.idle_grace + 0.5 + 0.37 * len(ttff))
+    out(
+        f"first viewer of an unwatched camera ({len(ttff)} of {args.cold} got a keyframe): POST to first keyframe "
+        f"p50 {pct(ttff, 0.5):.0f} ms, p95 {pct(ttff, 0.95):.0f} ms, max {max(ttff, default=float('nan')):.0f} ms"
+    )
 
 
 async def one_count(
@@ -351,6 +376,10 @@ def main() -> None:
         default=False,
         help="liveview's default; off here so that every viewer gets the camera's whole 2 Mbit/s",
     )
+    parser.add_argument(
+        "--cold", type=int, default=0, help="first, this many viewers each alone, of an unwatched camera"
+    )
+    parser.add_argument("--idle-grace", type=float, default=1.0, help="liveview's ARGUS_LIVEVIEW_IDLE_GRACE_S")
     parser.add_argument("--profile", default="", help="run liveview under cProfile, writing this file")
     sys.exit(asyncio.run(run(parser.parse_args())))
 
