@@ -152,6 +152,37 @@ async def test_a_forged_or_hidden_checkpoint_is_reported(
     assert ("checkpoint", 4) in [(f.kind, f.seq) for f in report.findings]
 
 
+class _ListedEarlier(CheckpointStore):
+    """The store as a verification that listed it before the audit service wrote its newest checkpoint sees it."""
+
+    def __init__(self, store: CheckpointStore, first: list[tuple[int, str]]) -> None:
+        super().__init__(store.store, store.bucket)
+        self._first: list[tuple[int, str]] | None = first
+
+    async def list(self) -> list[tuple[int, str]]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await super().list()
+
+
+async def test_a_checkpoint_written_while_the_log_is_verified_is_not_reported_missing(
+    appender: ChainAppender,
+    checkpointer: Checkpointer,
+    checkpoints: CheckpointStore,
+    keys: CheckpointKeys,
+    pool: asyncpg.Pool,
+) -> None:
+    await appender.append(events(4))
+    await checkpointer.write()
+    listed_before = await checkpoints.list()
+    await appender.append(events(4))
+    await checkpointer.write()  # into the bucket and the database after the verification's listing
+    report = await verify_log(pool, CheckpointSource(_ListedEarlier(checkpoints, listed_before), keys))
+    assert report.ok, report.summary()
+    assert report.checkpoint_seq == 4  # what the listing held: the walk covers every entry it names
+
+
 # --- the retention purge ------------------------------------------------------------------------------------------
 
 
