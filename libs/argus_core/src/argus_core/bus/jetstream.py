@@ -19,6 +19,9 @@ from argus_core.bus import subjects as s
 log = logging.getLogger(__name__)
 
 STREAM_NAME_IN_USE = 10058  # "stream name already in use with a different configuration"
+# "subjects overlap with an existing stream": also what a create meets when another starter created the same stream
+# a moment before (the server checks the subjects before the name).
+STREAM_SUBJECTS_OVERLAP = 10065
 CONSUMER_NAME_EXISTS = 10148
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # equals max_payload in deploy/nats/limits.conf
 
@@ -159,7 +162,9 @@ async def ensure_stream(js: JetStreamContext, spec: StreamSpec, replicas: int) -
     try:
         return await js.add_stream(config)
     except BadRequestError as exc:
-        if exc.err_code != STREAM_NAME_IN_USE:
+        if exc.err_code == STREAM_SUBJECTS_OVERLAP and not await _stream_exists(js, spec.name):
+            raise  # another stream of another name holds these subjects: a real conflict
+        if exc.err_code not in (STREAM_NAME_IN_USE, STREAM_SUBJECTS_OVERLAP):
             raise
     log.info("updating stream %s to the declared configuration", spec.name)
     return await js.update_stream(config)
@@ -196,10 +201,18 @@ async def ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -
             )
         )
     except BadRequestError as exc:
-        if exc.err_code != STREAM_NAME_IN_USE:
+        if exc.err_code not in (STREAM_NAME_IN_USE, STREAM_SUBJECTS_OVERLAP):
             raise
-        # Another pod created it a moment ago; binding is enough.
+        # Another pod created it a moment ago; binding is enough (and fails if it was not that).
         await js.key_value(spec.bucket)
+
+
+async def _stream_exists(js: JetStreamContext, name: str) -> bool:
+    try:
+        await js.stream_info(name)
+    except NotFoundError:
+        return False
+    return True
 
 
 async def ensure_topology(js: JetStreamContext, topo: Topology) -> None:
