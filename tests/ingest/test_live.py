@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 from nats.aio.msg import Msg
+from nats.js import api
 
 from argus_core.bus import messages as m
 from argus_core.bus import subjects as s
 from argus_core.bus.codec import decode, encode
-from tests.ingest.support import World, eventually, world
+from argus_core.bus.jetstream import MEDIA_STREAM
+from tests.ingest.support import FAST, World, eventually, world
 from tests.simcam.media_env import SMALL, CameraDef, simcam
 
 pytestmark = pytest.mark.slow
@@ -129,3 +132,39 @@ async def test_a_catchup_for_a_camera_nobody_pulls_gets_no_answer_and_a_bad_dema
         with pytest.raises(Exception, match="(?i)no responders|timeout"):
             await catchup(w)
         assert w.pods["pod-a"][0].live.watched() == 0
+
+
+async def test_a_stream_pulled_but_not_recorded_goes_on_the_bus_only_live_while_watched(
+    nats_url: str, database_url: str
+) -> None:
+    # A sub stream pulled for control-room tiles, with record_streams left at its default (main).
+    settings = msgspec.structs.replace(FAST, streams=("main", "sub"))
+    assert settings.record_streams == ("main",)
+    sub: list[m.MediaPacket] = []
+
+    async def on_sub(packet: m.MediaPacket, subject: str) -> None:
+        sub.append(packet)
+
+    async with simcam({CAM: CameraDef(main=SMALL, sub=SMALL)}) as env, world(nats_url, database_url) as w:
+        await w.bus.subscribe(s.MEDIA, on_sub, pending_msgs_limit=100_000, camera=CAM, stream="sub")
+        await w.add_camera(CAM, env.url(CAM), sub_url=env.url(CAM, "sub"))
+        await w.start_pod("pod-a", settings)
+        await eventually(lambda: len(w.seen.of(CAM)) > 60, within_s=20, what="main's recording batches")
+        await asyncio.sleep(1.0)
+        assert w.seen.of(CAM, "sub") == [], "sub is not stored for recording"
+        info = await w.bus.js.stream_info(MEDIA_STREAM, subjects_filter=f"argus.record.{CAM}.>")
+        assert isinstance(info.state, api.StreamState)
+        assert set(info.state.subjects or {}) == {f"argus.record.{CAM}.main"}
+        assert sub == [], "nobody watches sub: nothing live either"
+
+        # A live view pod watches the sub stream: its GOP so far, then its packets live.
+        ask = m.LiveDemand(camera=CAM, stream="sub", viewer="lv-1", ttl_s=10.0, catchup=True)
+        reply: Msg = await w.bus.nc.request(
+            s.LIVE_DEMAND.format(camera=CAM, stream="sub"), encode(s.LIVE_DEMAND, ask), timeout=2.0
+        )
+        answer = decode(s.LIVE_CATCHUP, reply.data, reply.subject)
+        assert answer.packets
+        assert answer.packets[0].keyframe
+        assert {(p.camera, p.stream) for p in answer.packets} == {(CAM, "sub")}
+        await eventually(lambda: len(sub) > 25, within_s=10, what="sub's live packets")
+        assert w.seen.of(CAM, "sub") == []

@@ -155,7 +155,13 @@ async def test_credentials_from_the_register_never_logged(
 
 
 async def test_udp_and_sub_stream(nats_url: str, database_url: str) -> None:
-    settings = FAST.__class__(**{**{f: getattr(FAST, f) for f in FAST.__struct_fields__}, "streams": ("main", "sub")})
+    settings = FAST.__class__(
+        **{
+            **{f: getattr(FAST, f) for f in FAST.__struct_fields__},
+            "streams": ("main", "sub"),
+            "record_streams": ("main", "sub"),
+        }
+    )
     async with simcam({"cam1": CameraDef()}) as env, world(nats_url, database_url) as w:
         await w.add_camera("cam1", env.url("cam1"), sub_url=env.url("cam1", "sub"), transport="udp")
         await w.start_pod("pod-a", settings)

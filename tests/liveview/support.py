@@ -123,7 +123,12 @@ async def camera_stack(
 ) -> AsyncIterator[Stack]:
     """simcam cameras pulled by one ingest pod onto the test's NATS; yielded once every stream is on the bus."""
     settings = FAST.__class__(
-        **{**{f: getattr(FAST, f) for f in FAST.__struct_fields__}, "streams": streams, "clock_settle_s": 0.5}
+        **{
+            **{f: getattr(FAST, f) for f in FAST.__struct_fields__},
+            "streams": streams,
+            "record_streams": streams,
+            "clock_settle_s": 0.5,
+        }
     )
     async with simcam(defs) as env, world(nats_url, database_url) as w:
         for camera, d in defs.items():

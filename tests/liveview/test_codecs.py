@@ -30,7 +30,13 @@ async def test_h265_main_is_served_as_the_h264_sub_stream_or_refused_saying_why(
         "hevc": CameraDef(codec="h265", mode="live", main=SMALL, sub=None),
         "avc": CameraDef(sub=SMALL),
     }
-    settings = FAST.__class__(**{**{f: getattr(FAST, f) for f in FAST.__struct_fields__}, "streams": ("main", "sub")})
+    settings = FAST.__class__(
+        **{
+            **{f: getattr(FAST, f) for f in FAST.__struct_fields__},
+            "streams": ("main", "sub"),
+            "record_streams": ("main", "sub"),
+        }
+    )
     async with simcam(defs) as env, world(nats_url, database_url) as w:
         await w.add_camera("mixed", env.url("hevc"), sub_url=env.url("avc", "sub"))
         await w.add_camera("hevc-only", env.url("hevc"))

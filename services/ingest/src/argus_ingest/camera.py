@@ -2,9 +2,9 @@
 
 `StreamPuller.run()` loops over sessions. Each session is one RTSP connection with a new session id: a demux
 thread (`demux.demux_rtsp`) reads access units, the loop turns them into `MediaPacket`s (`session.Session`),
-gathers them into batches for recording (`batch.Batcher`) and publishes those (`publisher.AckWindow`); each packet
-also goes to the stream's `live.LiveTap`, which keeps the current GOP and publishes it live while watched. When
-the connection ends (the camera closed it, a read stalled, an error) the camera is reported offline with the reason
+gathers them into batches for recording (`batch.Batcher`; streams of `record_streams` only) and publishes those
+(`publisher.AckWindow`); each packet also goes to the stream's `live.LiveTap`, which keeps the current GOP and
+publishes it live while watched. When the connection ends (the camera closed it, a read stalled, an error) the camera is reported offline with the reason
 and dialled again after an exponential back-off with jitter; a session that stayed online for `stable_s` resets the
 back-off.
 
@@ -112,6 +112,7 @@ class StreamPuller:
         takeover: Takeover | None = None,
         coalescer: Coalescer | None = None,
         live: LiveDemands | None = None,
+        record: bool = True,
     ) -> None:
         self.bus = bus
         self.router = router
@@ -125,6 +126,7 @@ class StreamPuller:
         self._takeover = takeover or Takeover()
         self._coalescer = coalescer
         self._live = live
+        self._record = record  # False: no batches for recording, live packets only
         self._tap: LiveTap | None = None
         self._stopping = False
         self._handoff: Handoff | None = None
@@ -239,12 +241,16 @@ class StreamPuller:
         )
         if self._stop_requested():
             window.stop_retrying()
-        batcher = Batcher(
-            self.camera,
-            self.stream,
-            session_id,
-            max_s=settings.batch_max_s,
-            max_bytes=settings.batch_max_bytes,
+        batcher = (
+            Batcher(
+                self.camera,
+                self.stream,
+                session_id,
+                max_s=settings.batch_max_s,
+                max_bytes=settings.batch_max_bytes,
+            )
+            if self._record
+            else None
         )
         tap = self._tap
         if tap is not None:
@@ -284,8 +290,7 @@ class StreamPuller:
                         break
                     if tap is not None and tap.keep(packet):  # no coroutine per packet of an unwatched camera
                         await tap.publish(packet)
-                    batch = batcher.add(packet)
-                    if batch is not None:
+                    if batcher is not None and (batch := batcher.add(packet)) is not None:
                         await window.publish(batch)
                     stats.packets += 1
                     stats.bytes += len(packet.data)
@@ -313,14 +318,13 @@ class StreamPuller:
             handoff.close()
             session = self.session
             try:
-                if session is not None and not closed_by_us and not self._stop_requested():
-                    for packet in session.finish():
-                        batch = batcher.add(packet)
-                        if batch is not None:
-                            await window.publish(batch)
-                rest = batcher.take()
-                if rest is not None:
-                    await window.publish(rest)
+                if batcher is not None:
+                    if session is not None and not closed_by_us and not self._stop_requested():
+                        for packet in session.finish():
+                            if (batch := batcher.add(packet)) is not None:
+                                await window.publish(batch)
+                    if (rest := batcher.take()) is not None:
+                        await window.publish(rest)
             except PUBLISH_ERRORS:
                 pass
             abandoned = await window.flush(settings.flush_timeout_s)

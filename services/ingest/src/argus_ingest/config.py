@@ -25,6 +25,10 @@ class IngestSettings(msgspec.Struct, frozen=True, kw_only=True):
     sites: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
     # Streams pulled from every camera (a camera without a sub stream URL is pulled for main only).
     streams: Annotated[tuple[StreamName, ...], msgspec.Meta(min_length=1)] = ("main",)
+    # Pulled streams stored in the MEDIA stream for a recorder (ARGUS_RECORDER_STREAM names the one it records).
+    # A pulled stream not listed goes on the bus only live, while a live view watches it: a sub stream for
+    # control-room tiles then costs no storage on the bus, and at a site no uplink while nobody watches it.
+    record_streams: tuple[StreamName, ...] = ("main",)
     # The register is re-read this often (and soon after a CameraChanged).
     registry_refresh_s: Seconds = 5.0
     # Balancing: leases and heartbeats are rewritten every third of ARGUS_LEASE_TTL_S; this is how often a pod

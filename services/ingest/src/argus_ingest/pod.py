@@ -302,6 +302,7 @@ class IngestPod:
                     takeover=takeover,
                     coalescer=self._coalescer,
                     live=self.live,
+                    record=stream in self.settings.record_streams,
                 )
             )
         task = self._tg.create_task(self._run_pullers(pullers), name=f"ingest.camera.{row.id}")
