@@ -4,9 +4,9 @@
 thread (`demux.demux_rtsp`) reads access units, the loop turns them into `MediaPacket`s (`session.Session`),
 gathers them into batches for recording (`batch.Batcher`; streams of `record_streams` only) and publishes those
 (`publisher.AckWindow`); each packet also goes to the stream's `live.LiveTap`, which keeps the current GOP and
-publishes it live while watched. When the connection ends (the camera closed it, a read stalled, an error) the camera is reported offline with the reason
-and dialled again after an exponential back-off with jitter; a session that stayed online for `stable_s` resets the
-back-off.
+publishes it live while watched. When the connection ends (the camera closed it, a read stalled, an error) the
+camera is reported offline with the reason and dialled again after an exponential back-off with jitter; a session
+that stayed online for `stable_s` resets the back-off.
 
 The main stream's puller also reports the camera's health (`CameraStatus`): connecting (with the pod it took the
 camera from, on the first session after a takeover), online at the first packet of a session and then every
