@@ -158,7 +158,6 @@ class Leases:
                 self.forget(camera)
                 return False
             self._held[camera] = renewed
-            log.info("the lease on %s had a write of ours we had not seen acked", camera)
         self._renewed[camera] = time.monotonic()
         return True
 
@@ -177,9 +176,11 @@ class Leases:
                 return revision
             if entry.value is None or self._decoder.decode(entry.value).pod != self.pod:
                 return None
-            return await self.kv.update(key, value, last=entry.revision or 0)
+            revision = await self.kv.update(key, value, last=entry.revision or 0)
         except (KeyNotFoundError, KeyWrongLastSequenceError, msgspec.DecodeError):
             return None
+        log.info("the lease on %s had a write of ours we had not seen acked", key)
+        return revision
 
     def expired(self, camera: str) -> bool:
         """Whether our lease may have run out (no successful renewal for most of a TTL)."""
